@@ -1,0 +1,171 @@
+//! What each CLI verb does: calls the library and prints for a person. The only module
+//! (with main.rs) that writes to stdout.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Cli, Command, RuntimeArg};
+use crate::render::{self, output, GENERATED_DIR};
+use crate::scaffold;
+use crate::spec::{self, Runtime};
+
+/// How a command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A check found differences (`render --check`).
+    CheckFailed,
+}
+
+pub fn run(cli: Cli) -> Result<Outcome> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Init { path, namespace } => init(&mut out, path.or(cli.dir), &namespace),
+        Command::New {
+            name,
+            runtime,
+            no_render,
+        } => new(&mut out, cli.dir, &name, runtime, no_render),
+        Command::Validate => validate(&mut out, cli.dir),
+        Command::Render { check } => render_cmd(&mut out, cli.dir, check),
+    }
+}
+
+/// The repo root: --dir if given, else the nearest folder with a cubeflash.yaml.
+fn repo_root(dir: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(dir) = dir {
+        return Ok(dir);
+    }
+    let cwd = std::env::current_dir().context("failed to read the current folder")?;
+    spec::find_root(&cwd).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no cubeflash.yaml in {} or any folder above it: run `cubeflash init` to start a repo, or pass --dir",
+            cwd.display()
+        )
+    })
+}
+
+fn load(root: &Path) -> Result<spec::Repo> {
+    Ok(spec::load(root)?)
+}
+
+fn init(out: &mut impl Write, path: Option<PathBuf>, namespace: &str) -> Result<Outcome> {
+    let dir = match path {
+        Some(p) => p,
+        None => std::env::current_dir().context("failed to read the current folder")?,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let written = scaffold::init_repo(&dir, namespace)?;
+    let repo = load(&dir)?;
+    let rendered = render::render(&repo).context("failed to render the new repo")?;
+    output::write_atomically(&dir, &rendered)?;
+    for p in written.iter().filter(|p| !p.ends_with(".gitkeep")) {
+        writeln!(out, "created {}", p.display())?;
+    }
+    writeln!(
+        out,
+        "rendered {} gateway objects into {}",
+        rendered.files.len(),
+        dir.join(GENERATED_DIR).display()
+    )?;
+    writeln!(
+        out,
+        "next: cd {} && cubeflash new hello --runtime python",
+        dir.display()
+    )?;
+    Ok(Outcome::Success)
+}
+
+fn new(
+    out: &mut impl Write,
+    dir: Option<PathBuf>,
+    name: &str,
+    runtime: RuntimeArg,
+    no_render: bool,
+) -> Result<Outcome> {
+    let root = repo_root(dir)?;
+    let runtime = match runtime {
+        RuntimeArg::Python => Runtime::Python,
+        RuntimeArg::Node => Runtime::Node,
+        RuntimeArg::Exec => Runtime::Exec,
+    };
+    let written = scaffold::new_function(&root, name, runtime)?;
+    for p in &written {
+        writeln!(
+            out,
+            "created {}",
+            p.strip_prefix(&root).unwrap_or(p).display()
+        )?;
+    }
+    if !no_render {
+        render_cmd(out, Some(root), false)?;
+    }
+    writeln!(out, "call it at /function/{name} once deployed (`make deploy`), or edit functions/{name}/ first")?;
+    Ok(Outcome::Success)
+}
+
+fn validate(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
+    let root = repo_root(dir)?;
+    let repo = load(&root)?;
+    let rendered = render::render(&repo)?;
+    let names: Vec<&str> = repo
+        .functions
+        .iter()
+        .map(|f| f.spec.name.as_str())
+        .collect();
+    writeln!(
+        out,
+        "ok: {} function{} ({}), {} objects, namespace {}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        if names.is_empty() {
+            "none yet".to_string()
+        } else {
+            names.join(", ")
+        },
+        rendered.files.len(),
+        repo.project.namespace
+    )?;
+    Ok(Outcome::Success)
+}
+
+fn render_cmd(out: &mut impl Write, dir: Option<PathBuf>, check: bool) -> Result<Outcome> {
+    let root = repo_root(dir)?;
+    let repo = load(&root)?;
+    let rendered = render::render(&repo)?;
+    if check {
+        let diffs = output::diff(&root, &rendered)?;
+        if diffs.is_empty() {
+            writeln!(
+                out,
+                "{GENERATED_DIR}/ is up to date ({} files)",
+                rendered.files.len()
+            )?;
+            return Ok(Outcome::Success);
+        }
+        for d in &diffs {
+            write!(out, "{}", d.unified)?;
+        }
+        out.flush()?;
+        eprintln!(
+            "cubeflash: {GENERATED_DIR}/ is out of date: {} file{} differ ({}); run `cubeflash render` and commit the result",
+            diffs.len(),
+            if diffs.len() == 1 { "" } else { "s" },
+            diffs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(Outcome::CheckFailed);
+    }
+    let summary = output::write_atomically(&root, &rendered)?;
+    writeln!(
+        out,
+        "rendered {} objects into {GENERATED_DIR}/ ({} added, {} changed, {} removed)",
+        summary.files,
+        summary.added.len(),
+        summary.changed.len(),
+        summary.removed.len()
+    )?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,136 @@
+//! `cubeflash.yaml`: the project's namespace, target, images and gateway settings.
+
+use marked_yaml::Node;
+use serde::Serialize;
+
+use super::decode::{Fields, Reader};
+use super::diagnostic::{Diagnostics, SourceFile};
+use super::values;
+
+pub const FILE_NAME: &str = "cubeflash.yaml";
+
+pub mod defaults {
+    pub const NAMESPACE: &str = "cubeflash";
+    pub const PYTHON_IMAGE: &str = "python:3.12-slim";
+    pub const NODE_IMAGE: &str = "node:20-slim";
+    pub const EXEC_IMAGE: &str = "python:3.12-slim";
+    pub const GATEWAY_IMAGE: &str = "ghcr.io/cubeflash/cubeflash:0.1.0";
+    pub const GATEWAY_PORT: u32 = 8080;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Local,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Images {
+    pub python: String,
+    pub node: String,
+    pub exec: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GatewaySettings {
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectSpec {
+    pub namespace: String,
+    pub target: Target,
+    pub images: Images,
+    pub gateway: GatewaySettings,
+}
+
+impl Default for ProjectSpec {
+    fn default() -> Self {
+        Self {
+            namespace: defaults::NAMESPACE.into(),
+            target: Target::Local,
+            images: Images {
+                python: defaults::PYTHON_IMAGE.into(),
+                node: defaults::NODE_IMAGE.into(),
+                exec: defaults::EXEC_IMAGE.into(),
+                gateway: defaults::GATEWAY_IMAGE.into(),
+            },
+            gateway: GatewaySettings {
+                port: defaults::GATEWAY_PORT,
+            },
+        }
+    }
+}
+
+/// Decodes cubeflash.yaml, reporting every problem found in it.
+pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics> {
+    let mut r = Reader::new(file);
+    let mut p = ProjectSpec::default();
+    if let Some(f) = r.mapping(root, "", &["namespace", "target", "images", "gateway"]) {
+        if let Some(n) = f.get("namespace") {
+            if let Some(ns) = r.string(n, "namespace", "") {
+                if ns == "default" {
+                    r.error(
+                        n,
+                        "namespace",
+                        "the `default` namespace is not used",
+                        "give the project a namespace of its own, e.g. `namespace: cubeflash`",
+                    );
+                } else if let Err(why) = values::check_dns_label(&ns, 63) {
+                    r.error(n, "namespace", why, "");
+                }
+                p.namespace = ns;
+            }
+        }
+        if let Some(n) = f.get("target") {
+            match r.string(n, "target", "").as_deref() {
+                Some("local") => p.target = Target::Local,
+                Some("kubernetes") => p.target = Target::Kubernetes,
+                Some(other) => r.error(
+                    n,
+                    "target",
+                    format!("unknown target {other:?}"),
+                    "use `local` (the embedded platform) or `kubernetes`",
+                ),
+                None => {}
+            }
+        }
+        if let Some(n) = f.get("images") {
+            if let Some(i) = r.mapping(n, "images", &["python", "node", "exec", "gateway"]) {
+                image(&mut r, &i, "python", &mut p.images.python);
+                image(&mut r, &i, "node", &mut p.images.node);
+                image(&mut r, &i, "exec", &mut p.images.exec);
+                image(&mut r, &i, "gateway", &mut p.images.gateway);
+            }
+        }
+        if let Some(n) = f.get("gateway") {
+            if let Some(g) = r.mapping(n, "gateway", &["port"]) {
+                if let Some(port) = g
+                    .get("port")
+                    .and_then(|n| r.uint(n, "gateway.port", 1, 65535))
+                {
+                    p.gateway.port = port;
+                }
+            }
+        }
+    }
+    if r.diags.is_empty() {
+        Ok(p)
+    } else {
+        Err(r.diags)
+    }
+}
+
+fn image(r: &mut Reader, f: &Fields, key: &str, out: &mut String) {
+    let Some(n) = f.get(key) else { return };
+    let path = f.path_of(key);
+    let Some(text) = r.string(n, &path, "") else {
+        return;
+    };
+    match values::check_image(&text) {
+        Ok(()) => *out = text,
+        Err(why) => r.error(n, &path, why, ""),
+    }
+}

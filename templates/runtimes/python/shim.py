@@ -1,0 +1,207 @@
+"""cubeflash python runtime: serves a handler's handle(req) over HTTP/1.1 on $PORT.
+
+Standard library only. The handler is named by CUBEFLASH_HANDLER as "file.py" or
+"file.py:function" (default function: handle), relative to the working directory.
+GET /_/ready answers 200 once the handler is loaded; GET /_/health answers 200 while the
+process serves. A handler exception becomes a 500 with a JSON body; the process keeps serving.
+"""
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+FUNCTION = os.environ.get("CUBEFLASH_FUNCTION", "function")
+# Requests being handled, so that SIGTERM can let them finish before the process exits.
+INFLIGHT = threading.Condition()
+INFLIGHT_COUNT = [0]
+DRAIN_SECONDS = 30
+
+
+class Request:
+    """What a handler receives: method, path, query, headers (lower-case keys) and body."""
+
+    __slots__ = ("method", "path", "query", "query_all", "headers", "body")
+
+    def __init__(self, method, path, query_all, headers, body):
+        self.method = method
+        self.path = path
+        self.query_all = query_all
+        self.query = {k: v[-1] for k, v in query_all.items()}
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+    def __getitem__(self, key):
+        # Handlers written for dict-shaped requests keep working: req["body"], req["query"].
+        return getattr(self, key)
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+
+def load_handler(spec):
+    file, _, name = spec.partition(":")
+    name = name or "handle"
+    path = os.path.abspath(file)
+    sys.path.insert(0, os.path.dirname(path))
+    module_spec = importlib.util.spec_from_file_location("handler", path)
+    if module_spec is None or module_spec.loader is None:
+        raise SystemExit(f"cubeflash: cannot load handler file {file}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules["handler"] = module
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise SystemExit(f"cubeflash: {file} defines no function {name}(req)")
+    return fn
+
+
+def encode_body(value):
+    """(content type, bytes) for a handler's return value."""
+    if value is None:
+        return None, b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "application/octet-stream", bytes(value)
+    if isinstance(value, str):
+        return "text/plain; charset=utf-8", value.encode("utf-8")
+    return "application/json", json.dumps(value).encode("utf-8")
+
+
+def to_response(result):
+    """(status, headers, body bytes) from str, bytes, JSON-able, (status, body) or (status, headers, body)."""
+    status, headers, value = 200, {}, result
+    if isinstance(result, tuple):
+        if len(result) == 3:
+            status, headers, value = result
+        elif len(result) == 2:
+            status, value = result
+        else:
+            raise TypeError("a tuple result must be (status, body) or (status, headers, body)")
+        status = int(status)
+        headers = dict(headers or {})
+    content_type, body = encode_body(value)
+    if value is None and status == 200:
+        status = 204
+    if content_type and not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = content_type
+    return status, headers, body
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Nagle's algorithm meeting delayed ACKs adds ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
+    server_version = "cubeflash-python"
+    sys_version = ""
+    handle_fn = None
+
+    def log_message(self, format, *args):  # noqa: A002 - per-request lines would flood the logs
+        pass
+
+    def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send(self, status, headers, body):
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(key, str(value))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, status, value):
+        self.send(status, {"Content-Type": "application/json"}, json.dumps(value).encode("utf-8"))
+
+    def dispatch(self):
+        url = urlsplit(self.path)
+        if url.path in ("/_/ready", "/_/health") and self.command == "GET":
+            return self.send_json(200, {"status": "ok"})
+        with INFLIGHT:
+            INFLIGHT_COUNT[0] += 1
+        try:
+            self.invoke(url)
+        finally:
+            with INFLIGHT:
+                INFLIGHT_COUNT[0] -= 1
+                INFLIGHT.notify_all()
+
+    def invoke(self, url):
+        body = self.read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        req = Request(self.command, url.path, parse_qs(url.query, keep_blank_values=True), headers, body)
+        try:
+            result = type(self).handle_fn(req)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_await(result))
+            status, out_headers, out_body = to_response(result)
+        except Exception as exc:  # the replica keeps serving whatever the handler does
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            return self.send_json(500, {"error": f"{type(exc).__name__}: {exc}", "function": FUNCTION})
+        self.send(status, out_headers, out_body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = dispatch
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def main():
+    sys.stdout.reconfigure(line_buffering=True)
+    spec = os.environ.get("CUBEFLASH_HANDLER") or (sys.argv[1] if len(sys.argv) > 1 else "")
+    if not spec:
+        raise SystemExit("cubeflash: set CUBEFLASH_HANDLER to the handler file, e.g. handler.py")
+    Handler.handle_fn = staticmethod(load_handler(spec))
+    port = int(os.environ.get("PORT", "8080"))
+    host = os.environ.get("CUBEFLASH_BIND", "0.0.0.0")
+    server = Server((host, port), Handler)
+
+    def stop(signum, frame):
+        # shutdown() waits for serve_forever to return, so it must run on another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"cubeflash: {FUNCTION} serving {spec} on {host}:{port}", file=sys.stderr, flush=True)
+    server.serve_forever(poll_interval=0.2)
+    with INFLIGHT:
+        INFLIGHT.wait_for(lambda: INFLIGHT_COUNT[0] == 0, timeout=DRAIN_SECONDS)
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()
