@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: python3 (with venv), node, and
+# kubernetes-validate in a project-local venv under .tools/. Safe to run again: it only
+# installs what is absent. Prints the venv's bin folder on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KV_VERSION="${KV_VERSION:-1.37.0}"
+VENV=".tools/venv"
+
+say() { printf 'test-deps: %s\n' "$*" >&2; }
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    say "missing $*, and no apt-get to install it with: install it by hand"
+    exit 1
+  fi
+  if [ -z "${APT_UPDATED:-}" ]; then
+    say "apt-get update"
+    apt-get update -qq >&2
+    APT_UPDATED=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+command -v python3 >/dev/null || apt_install python3 python3-venv
+command -v node >/dev/null || apt_install nodejs
+
+if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  say "creating $VENV with kubernetes-validate==$KV_VERSION"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION" >&2
+fi
+
+echo "$PWD/$VENV/bin"
