@@ -11,15 +11,19 @@ use super::diagnostic::{Diagnostic, Diagnostics, Loc, SourceFile};
 
 /// Parses a whole file into a located tree; syntax errors, duplicate keys and empty files are
 /// reported as a single diagnostic, since nothing after them can be trusted.
-pub fn parse_document(file: &SourceFile) -> Result<Node, Diagnostic> {
+pub fn parse_document(file: &SourceFile) -> Result<Node, Box<Diagnostic>> {
     if file.text.trim().is_empty() || only_comments(&file.text) {
-        return Err(Diagnostic::whole_file(&file.display, "the file is empty"));
+        return Err(Box::new(Diagnostic::whole_file(
+            &file.display,
+            "the file is empty",
+        )));
     }
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
         .prevent_coercion(true)
         .toplevel_mapping();
-    marked_yaml::parse_yaml_with_options(0, &file.text, options).map_err(|e| load_error(file, e))
+    marked_yaml::parse_yaml_with_options(0, &file.text, options)
+        .map_err(|e| Box::new(load_error(file, e)))
 }
 
 fn only_comments(text: &str) -> bool {

@@ -234,7 +234,7 @@ fn check(
     let mut diags = Diagnostics::default();
     let project = project_source.and_then(|source| {
         parse_document(&source)
-            .map_err(|d| Diagnostics(vec![d]))
+            .map_err(|d| Diagnostics(vec![*d]))
             .and_then(|node| project::decode(&source, &node))
             .map_err(|d| diags.extend(d))
             .ok()
@@ -242,7 +242,7 @@ fn check(
     let mut functions = Vec::new();
     for f in raw {
         let decoded = parse_document(&f.source)
-            .map_err(|d| Diagnostics(vec![d]))
+            .map_err(|d| Diagnostics(vec![*d]))
             .and_then(|node| function::decode(&f.source, &node));
         match decoded {
             Ok(spec) => {

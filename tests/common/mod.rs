@@ -1,0 +1,171 @@
+//! Helpers shared by the black-box tests: the built binary, temporary repos, and runtime
+//! shims started as real processes on loopback ports.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the cubeflash binary in `dir`.
+pub fn cubeflash(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("cubeflash runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Whether a program is on PATH; tests that need it skip with a message when it is not.
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A function replica started as a real process; killed when dropped.
+pub struct Replica {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Replica {
+    /// Starts `program args` in `dir` with PORT set, and waits until GET /_/ready answers 200.
+    pub fn start(
+        dir: &Path,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let port = free_port();
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("PORT", port.to_string())
+            .env("CUBEFLASH_BIND", "127.0.0.1")
+            .env("CUBEFLASH_FUNCTION", "test-fn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                return Err(format!("{program} exited with {status}: {err}"));
+            }
+            if client
+                .get(format!("{base}/_/ready"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(Self { child, base });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        Err(format!("{program} did not become ready on port {port}"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The python or node shim as shipped in templates/runtimes/.
+pub fn shim(runtime: &str) -> PathBuf {
+    let file = if runtime == "python" {
+        "shim.py"
+    } else {
+        "shim.js"
+    };
+    repo_root()
+        .join("templates/runtimes")
+        .join(runtime)
+        .join(file)
+}
+
+pub fn interpreter(runtime: &str) -> &'static str {
+    if runtime == "python" {
+        "python3"
+    } else {
+        "node"
+    }
+}
+
+/// Starts a shim serving `handler` from `dir`.
+pub fn start_shim(runtime: &str, dir: &Path, handler: &str) -> Result<Replica, String> {
+    let shim = shim(runtime);
+    Replica::start(
+        dir,
+        interpreter(runtime),
+        &[shim.to_str().unwrap()],
+        &[("CUBEFLASH_HANDLER", handler)],
+    )
+}
+
+/// Writes `files` (path, content) under a new temporary folder.
+pub fn temp_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+/// Every file under `dir` with its bytes, to prove a failed command changed nothing.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return out;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
