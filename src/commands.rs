@@ -116,16 +116,16 @@ fn validate(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
         .iter()
         .map(|f| f.spec.name.as_str())
         .collect();
+    let listed = match names.len() {
+        0 => "none yet".to_string(),
+        n if n <= 8 => names.join(", "),
+        n => format!("{}, ... and {} more", names[..5].join(", "), n - 5),
+    };
     writeln!(
         out,
-        "ok: {} function{} ({}), {} objects, namespace {}",
+        "ok: {} function{} ({listed}), {} objects, namespace {}",
         names.len(),
         if names.len() == 1 { "" } else { "s" },
-        if names.is_empty() {
-            "none yet".to_string()
-        } else {
-            names.join(", ")
-        },
         rendered.files.len(),
         repo.project.namespace
     )?;

@@ -16,7 +16,7 @@ use tera::Tera;
 
 use crate::spec::{Function, Repo};
 use context::{
-    labels_for, route_table, FunctionContext, ProjectContext, TemplateContext, GATEWAY_NAME,
+    labels_for, route_table, FunctionContext, ObjectContext, ProjectContext, GATEWAY_NAME,
 };
 
 pub use check::ObjectInfo;
@@ -112,53 +112,52 @@ fn engine(sources: &BTreeMap<String, String>) -> Result<Tera, RenderError> {
     Ok(tera)
 }
 
-struct Job<'a> {
+/// One object to render: which template, where it goes, and its own context.
+struct Job {
     template: String,
     output: String,
-    context: TemplateContext<'a>,
+    object: ObjectContext,
 }
 
 /// Renders the whole repo in memory; every problem in every object is reported together.
+/// Functions are rendered in parallel (each is independent), results merged in name order.
 pub fn render(repo: &Repo) -> Result<Rendered, RenderError> {
     let sources = templates::layered(&templates::builtin_map(), &repo.templates);
     let base = engine(&sources)?;
     let project = ProjectContext::new(&repo.project);
-    let mut errors = Vec::new();
+
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = repo.functions.len().div_ceil(threads).max(1);
+    let parts: Vec<(Vec<FunctionContext>, Rendered, Vec<RenderError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = repo
+            .functions
+            .chunks(chunk)
+            .map(|group| {
+                let (base, sources, project) = (&base, &sources, &project);
+                s.spawn(move || render_functions(group, &repo.project, base, sources, project))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("render threads do not panic"))
+            .collect()
+    });
+
     let mut out = Rendered::default();
-
-    let functions: Vec<(&Function, FunctionContext)> = repo
-        .functions
-        .iter()
-        .filter_map(|f| {
-            FunctionContext::new(&repo.project, f)
-                .map(|c| (f, c))
-                .map_err(|e| errors.push(e))
-                .ok()
-        })
-        .collect();
-
-    for (f, ctx) in &functions {
-        let own;
-        let tera = if f.templates.is_empty() {
-            &base
-        } else {
-            match engine(&templates::layered(&sources, &f.templates)) {
-                Ok(t) => {
-                    own = t;
-                    &own
-                }
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            }
-        };
-        let jobs = function_jobs(tera, &project, ctx);
-        run(tera, jobs, &repo.project.namespace, &mut out, &mut errors);
+    let mut errors = Vec::new();
+    let mut contexts = Vec::new();
+    for (ctxs, rendered, errs) in parts {
+        contexts.extend(ctxs);
+        out.files.extend(rendered.files);
+        errors.extend(errs);
     }
 
-    let contexts: Vec<FunctionContext> = functions.into_iter().map(|(_, c)| c).collect();
     let routes = route_table(&repo.project, &contexts);
+    let mut context = tera::Context::new();
+    context.insert("project", &project);
+    context.insert("routesJson", &routes);
     let (labels, selector) = labels_for(GATEWAY_NAME, "gateway", None);
     let jobs = base
         .get_template_names()
@@ -166,19 +165,18 @@ pub fn render(repo: &Repo) -> Result<Rendered, RenderError> {
         .map(|n| Job {
             template: n.to_string(),
             output: n.to_string(),
-            context: TemplateContext {
-                project: &project,
-                function: None,
+            object: ObjectContext {
                 workload: None,
                 trigger: None,
                 labels: labels.clone(),
                 selector: selector.clone(),
-                routes_json: Some(&routes),
             },
         })
         .collect();
     run(
         &base,
+        context,
+        "cubeflash.yaml",
         sorted(jobs),
         &repo.project.namespace,
         &mut out,
@@ -192,16 +190,65 @@ pub fn render(repo: &Repo) -> Result<Rendered, RenderError> {
     }
 }
 
+/// Renders one group of functions with the shared engine, or their own where they override
+/// templates.
+fn render_functions(
+    group: &[Function],
+    spec: &crate::spec::ProjectSpec,
+    base: &Tera,
+    sources: &BTreeMap<String, String>,
+    project: &ProjectContext,
+) -> (Vec<FunctionContext>, Rendered, Vec<RenderError>) {
+    let mut out = Rendered::default();
+    let mut errors = Vec::new();
+    let mut contexts = Vec::new();
+    for f in group {
+        let ctx = match FunctionContext::new(spec, f) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let own;
+        let tera = if f.templates.is_empty() {
+            base
+        } else {
+            match engine(&templates::layered(sources, &f.templates)) {
+                Ok(t) => {
+                    own = t;
+                    &own
+                }
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            }
+        };
+        let mut context = tera::Context::new();
+        context.insert("project", project);
+        context.insert("function", &ctx);
+        let jobs = function_jobs(tera, &ctx);
+        run(
+            tera,
+            context,
+            &ctx.source,
+            jobs,
+            &spec.namespace,
+            &mut out,
+            &mut errors,
+        );
+        contexts.push(ctx);
+    }
+    (contexts, out, errors)
+}
+
 fn sorted(mut jobs: Vec<Job>) -> Vec<Job> {
     jobs.sort_by(|a, b| a.output.cmp(&b.output));
     jobs
 }
 
-fn function_jobs<'a>(
-    tera: &Tera,
-    project: &'a ProjectContext,
-    f: &'a FunctionContext,
-) -> Vec<Job<'a>> {
+fn function_jobs(tera: &Tera, f: &FunctionContext) -> Vec<Job> {
     let mut jobs = Vec::new();
     for name in tera
         .get_template_names()
@@ -217,14 +264,11 @@ fn function_jobs<'a>(
         jobs.push(Job {
             template: name.to_string(),
             output: format!("{}/{file}", f.name),
-            context: TemplateContext {
-                project,
-                function: Some(f),
+            object: ObjectContext {
                 workload: Some(workload),
                 trigger: None,
                 labels,
                 selector,
-                routes_json: None,
             },
         });
     }
@@ -233,39 +277,32 @@ fn function_jobs<'a>(
         jobs.push(Job {
             template: "triggers/schedule.yaml".into(),
             output: format!("{}/schedule-{}.yaml", f.name, schedule.index),
-            context: TemplateContext {
-                project,
-                function: Some(f),
+            object: ObjectContext {
                 workload: None,
                 trigger: Some(schedule),
                 labels,
                 selector,
-                routes_json: None,
             },
         });
     }
     sorted(jobs)
 }
 
+/// Renders and checks `jobs` with `context` (the shared part) plus each job's own part.
 fn run(
     tera: &Tera,
+    mut context: tera::Context,
+    source: &str,
     jobs: Vec<Job>,
     namespace: &str,
     out: &mut Rendered,
     errors: &mut Vec<RenderError>,
 ) {
     for job in jobs {
-        let context = match tera::Context::from_serialize(&job.context) {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(RenderError::Template {
-                    template: job.template,
-                    output: job.output,
-                    detail: chain(&e),
-                });
-                continue;
-            }
-        };
+        context.insert("workload", &job.object.workload);
+        context.insert("trigger", &job.object.trigger);
+        context.insert("labels", &job.object.labels);
+        context.insert("selector", &job.object.selector);
         let body = match tera.render(&job.template, &context) {
             Ok(text) => text,
             Err(e) => {
@@ -282,11 +319,6 @@ fn run(
         match check::check_manifest(&body, namespace) {
             Ok(None) => {}
             Ok(Some(info)) => {
-                let source = job
-                    .context
-                    .function
-                    .map(|f| f.source.as_str())
-                    .unwrap_or("cubeflash.yaml");
                 let text = format!(
                     "# Generated by `cubeflash render` from {source} with template {}. Do not edit: change those and render again.\n{body}",
                     job.template,

@@ -77,12 +77,18 @@ pub struct EnvVar {
     pub value: String,
 }
 
-/// A file in the code ConfigMap: its key there and its path when mounted.
+/// Where a file of the code ConfigMap is mounted: its key there and its path in the pod.
+#[derive(Debug, Clone, Serialize)]
+pub struct CodeMount {
+    pub key: String,
+    pub path: String,
+}
+
+/// A file's content in the code ConfigMap, as text (`data`) or base64 (`binaryData`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CodeEntry {
     pub key: String,
-    pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,9 +116,9 @@ pub struct FunctionContext {
     pub code_dir: &'static str,
     pub runtime_dir: &'static str,
     /// User files, mounted at `codeDir`.
-    pub files: Vec<CodeEntry>,
+    pub files: Vec<CodeMount>,
     /// The runtime shim, mounted at `runtimeDir`.
-    pub runtime_files: Vec<CodeEntry>,
+    pub runtime_files: Vec<CodeMount>,
     /// All ConfigMap entries, split by encoding.
     pub text_files: Vec<CodeEntry>,
     pub binary_files: Vec<CodeEntry>,
@@ -139,21 +145,14 @@ pub struct ScheduleContext {
     pub deadline_seconds: u64,
 }
 
-/// What one template render sees.
+/// The parts of a template's context that change from one object to the next; the
+/// project and function parts are built once per function and shared.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateContext<'a> {
-    pub project: &'a ProjectContext,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function: Option<&'a FunctionContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+pub struct ObjectContext {
     pub workload: Option<WorkloadContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<ScheduleContext>,
     pub labels: BTreeMap<&'static str, String>,
     pub selector: BTreeMap<&'static str, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub routes_json: Option<&'a str>,
 }
 
 /// The standard labels of an object, and the subset that selects its pods.
@@ -214,17 +213,15 @@ fn is_text(bytes: &[u8]) -> Option<String> {
     clean.then(|| text.to_string())
 }
 
-fn entry(key: String, path: String, bytes: &[u8]) -> CodeEntry {
+fn entry(key: String, bytes: &[u8]) -> CodeEntry {
     match is_text(bytes) {
         Some(text) => CodeEntry {
             key,
-            path,
             text: Some(text),
             base64: None,
         },
         None => CodeEntry {
             key,
-            path,
             text: None,
             base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
         },
@@ -286,6 +283,7 @@ impl FunctionContext {
         let ships_code = spec.runtime != Runtime::Image;
         let mut files = Vec::new();
         let mut runtime_files = Vec::new();
+        let mut contents = Vec::new();
         let mut hasher = Sha256::new();
         let mut total = 0usize;
         if ships_code {
@@ -299,7 +297,11 @@ impl FunctionContext {
                 hasher.update([0]);
                 hasher.update(&file.bytes);
                 hasher.update([0]);
-                files.push(entry(key, file.path.clone(), &file.bytes));
+                contents.push(entry(key.clone(), &file.bytes));
+                files.push(CodeMount {
+                    key,
+                    path: file.path.clone(),
+                });
             }
             if let Some((name, text)) = shim {
                 let key = format!("cubeflash-runtime-{name}");
@@ -311,7 +313,11 @@ impl FunctionContext {
                 }
                 total += text.len();
                 hasher.update(text.as_bytes());
-                runtime_files.push(entry(key, name.to_string(), text.as_bytes()));
+                contents.push(entry(key.clone(), text.as_bytes()));
+                runtime_files.push(CodeMount {
+                    key,
+                    path: name.to_string(),
+                });
             }
             let mut keys: Vec<&str> = files.iter().map(|e| e.key.as_str()).collect();
             keys.sort_unstable();
@@ -330,8 +336,7 @@ impl FunctionContext {
         }
         hasher.update(serde_json::to_vec(&env).expect("env serializes"));
         let code_hash = hex(&hasher.finalize()[..8]);
-        let all: Vec<CodeEntry> = files.iter().chain(&runtime_files).cloned().collect();
-        let (text_files, binary_files) = all.into_iter().partition(|e| e.text.is_some());
+        let (text_files, binary_files) = contents.into_iter().partition(|e| e.text.is_some());
         let timeout_seconds = spec.timeout.seconds_ceil();
         Ok(Self {
             name: spec.name.clone(),

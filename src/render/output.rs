@@ -73,15 +73,6 @@ pub fn read_tree(dir: &Path) -> Result<BTreeMap<String, String>, OutputError> {
 pub fn write_atomically(root: &Path, rendered: &Rendered) -> Result<WriteSummary, OutputError> {
     let target = root.join(GENERATED_DIR);
     let before = read_tree(&target)?;
-    let pid = std::process::id();
-    let staging = root.join(format!(".{GENERATED_DIR}.new-{pid}"));
-    let old = root.join(format!(".{GENERATED_DIR}.old-{pid}"));
-    let result = stage(&staging, rendered).and_then(|()| swap(&target, &staging, &old));
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    result?;
-
     let mut summary = WriteSummary {
         files: rendered.files.len(),
         ..Default::default()
@@ -98,10 +89,32 @@ pub fn write_atomically(root: &Path, rendered: &Rendered) -> Result<WriteSummary
         .filter(|k| !rendered.files.contains_key(*k))
         .cloned()
         .collect();
+    let unchanged =
+        summary.added.is_empty() && summary.changed.is_empty() && summary.removed.is_empty();
+    if unchanged && target.is_dir() {
+        return Ok(summary);
+    }
+
+    let pid = std::process::id();
+    let staging = root.join(format!(".{GENERATED_DIR}.new-{pid}"));
+    let old = root.join(format!(".{GENERATED_DIR}.old-{pid}"));
+    let result =
+        stage(&staging, &target, rendered, &before).and_then(|()| swap(&target, &staging, &old));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result?;
     Ok(summary)
 }
 
-fn stage(staging: &Path, rendered: &Rendered) -> Result<(), OutputError> {
+/// Builds the new tree beside the old one. Unchanged files are hard links to the old ones:
+/// the same bytes, without the cost of creating thousands of new files.
+fn stage(
+    staging: &Path,
+    target: &Path,
+    rendered: &Rendered,
+    before: &BTreeMap<String, String>,
+) -> Result<(), OutputError> {
     if staging.exists() {
         fs::remove_dir_all(staging).map_err(io("remove", staging))?;
     }
@@ -111,7 +124,10 @@ fn stage(staging: &Path, rendered: &Rendered) -> Result<(), OutputError> {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io("create", parent))?;
         }
-        fs::write(&path, &file.text).map_err(io("write", &path))?;
+        let same = before.get(rel).is_some_and(|old| *old == file.text);
+        if !(same && fs::hard_link(target.join(rel), &path).is_ok()) {
+            fs::write(&path, &file.text).map_err(io("write", &path))?;
+        }
     }
     Ok(())
 }
