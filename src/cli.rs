@@ -55,4 +55,78 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run the local platform (gateway + process runtime) in the foreground.
+    Up {
+        /// Address to listen on (loopback unless told otherwise).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Port to listen on (default: gateway.port in cubeflash.yaml; 0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Bring the repo's functions up on the target (local: start or reload the platform).
+    Deploy {
+        /// local or kubernetes (default: target in cubeflash.yaml).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Stop the local platform that `deploy` started.
+    Down,
+    /// List functions with replicas, requests in flight and URLs.
+    #[command(visible_alias = "ls")]
+    List(GatewayArgs),
+    /// Show one function in detail (JSON).
+    Describe {
+        name: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Call a function through the gateway and print its answer.
+    Invoke {
+        name: String,
+        /// Request body: text, @file, or - for standard input (implies POST).
+        #[arg(short, long)]
+        data: Option<String>,
+        /// Extra header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// HTTP method (default: GET, or POST with --data).
+        #[arg(short = 'X', long)]
+        method: Option<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Print a function's recent output (from .cubeflash/logs/).
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines to print.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Set a function's replica count now (the autoscaler goes on from there).
+    Scale {
+        name: String,
+        replicas: u32,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Remove a function from the running platform (drains and stops its replicas).
+    #[command(visible_aliases = ["rm", "remove"])]
+    Delete {
+        name: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+/// Where the running gateway is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Gateway URL (default: the one `up` recorded in .cubeflash/gateway.url, else
+    /// http://127.0.0.1:<gateway.port>).
+    #[arg(long, env = "CUBEFLASH_GATEWAY")]
+    pub gateway: Option<String>,
 }

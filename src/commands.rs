@@ -1,6 +1,8 @@
 //! What each CLI verb does: calls the library and prints for a person. The only module
 //! (with main.rs) that writes to stdout.
 
+mod platform;
+
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -31,11 +33,36 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         } => new(&mut out, cli.dir, &name, runtime, no_render),
         Command::Validate => validate(&mut out, cli.dir),
         Command::Render { check } => render_cmd(&mut out, cli.dir, check),
+        Command::Up { bind, port } => platform::up(&mut out, cli.dir, bind, port),
+        Command::Deploy { target } => platform::deploy(&mut out, cli.dir, target),
+        Command::Down => platform::down(&mut out, cli.dir),
+        Command::List(g) => platform::list(&mut out, cli.dir, g),
+        Command::Describe { name, gateway } => {
+            platform::describe(&mut out, cli.dir, &name, gateway)
+        }
+        Command::Invoke {
+            name,
+            data,
+            headers,
+            method,
+            gateway,
+        } => platform::invoke(&mut out, cli.dir, &name, data, headers, method, gateway),
+        Command::Logs {
+            name,
+            follow,
+            lines,
+        } => platform::logs(&mut out, cli.dir, &name, follow, lines),
+        Command::Scale {
+            name,
+            replicas,
+            gateway,
+        } => platform::scale(&mut out, cli.dir, &name, replicas, gateway),
+        Command::Delete { name, gateway } => platform::delete(&mut out, cli.dir, &name, gateway),
     }
 }
 
 /// The repo root: --dir if given, else the nearest folder with a cubeflash.yaml.
-fn repo_root(dir: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn repo_root(dir: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = dir {
         return Ok(dir);
     }
@@ -48,7 +75,7 @@ fn repo_root(dir: Option<PathBuf>) -> Result<PathBuf> {
     })
 }
 
-fn load(root: &Path) -> Result<spec::Repo> {
+pub(crate) fn load(root: &Path) -> Result<spec::Repo> {
     Ok(spec::load(root)?)
 }
 

@@ -6,6 +6,9 @@
 
 pub mod cli;
 pub mod commands;
+pub mod deploy;
+pub mod gateway;
 pub mod render;
+pub mod runtime;
 pub mod scaffold;
 pub mod spec;

@@ -16,6 +16,8 @@ pub mod defaults {
     pub const EXEC_IMAGE: &str = "python:3.12-slim";
     pub const GATEWAY_IMAGE: &str = "ghcr.io/cubeflash/cubeflash:0.1.0";
     pub const GATEWAY_PORT: u32 = 8080;
+    pub const MAX_BODY_SIZE: &str = "6Mi";
+    pub const QUEUE_SIZE: u32 = 100;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +38,10 @@ pub struct Images {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GatewaySettings {
     pub port: u32,
+    /// Largest request body, in bytes.
+    pub max_body_size: u64,
+    /// Requests that may wait for a replica, per function.
+    pub queue_size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,6 +65,9 @@ impl Default for ProjectSpec {
             },
             gateway: GatewaySettings {
                 port: defaults::GATEWAY_PORT,
+                max_body_size: values::quantity_bytes(defaults::MAX_BODY_SIZE)
+                    .expect("default parses"),
+                queue_size: defaults::QUEUE_SIZE,
             },
         }
     }
@@ -106,12 +115,31 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
             }
         }
         if let Some(n) = f.get("gateway") {
-            if let Some(g) = r.mapping(n, "gateway", &["port"]) {
+            if let Some(g) = r.mapping(n, "gateway", &["port", "maxBodySize", "queueSize"]) {
                 if let Some(port) = g
                     .get("port")
                     .and_then(|n| r.uint(n, "gateway.port", 1, 65535))
                 {
                     p.gateway.port = port;
+                }
+                if let Some(q) = g
+                    .get("queueSize")
+                    .and_then(|n| r.uint(n, "gateway.queueSize", 1, 1_000_000))
+                {
+                    p.gateway.queue_size = q;
+                }
+                if let Some(n) = g.get("maxBodySize") {
+                    if let Some(text) = r.scalar_text(n, "gateway.maxBodySize", "") {
+                        match values::quantity_bytes(&text) {
+                            Some(b) if b > 0 => p.gateway.max_body_size = b,
+                            _ => r.error(
+                                n,
+                                "gateway.maxBodySize",
+                                format!("{text:?} is not a size"),
+                                "write bytes with a suffix, e.g. 6Mi, 512Ki or 1Gi",
+                            ),
+                        }
+                    }
                 }
             }
         }

@@ -155,6 +155,26 @@ pub fn check_quantity(text: &str) -> Result<(), String> {
     ))
 }
 
+/// A byte size written as a Kubernetes quantity without fractions: `6Mi`, `512Ki`, `1G`, `1000`.
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 fn exponent_ok(suffix: &str) -> bool {
     let Some(exp) = suffix.strip_prefix(['e', 'E']) else {
         return false;

@@ -1,0 +1,710 @@
+//! The local platform end to end: a real gateway on 127.0.0.1:0 with real python replicas.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{have, repo_root, temp_tree, text};
+use cubeflash::gateway::{Gateway, GatewayConfig};
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+const TOKEN: &str = "test-token";
+
+/// A gateway serving a temporary repo from a runtime of its own; stopped when dropped.
+struct TestGateway {
+    url: String,
+    root: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// `functions`: (name, function.yaml body after name/runtime/handler). All use the
+    /// gateway test handler.
+    fn start(project: &str, functions: &[(&str, &str)]) -> Self {
+        let handler =
+            std::fs::read_to_string(repo_root().join("tests/fixtures/gateway/handler.py")).unwrap();
+        let mut files = vec![(
+            "cubeflash.yaml".to_string(),
+            format!("namespace: test\n{project}"),
+        )];
+        for (name, extra) in functions {
+            files.push((
+                format!("functions/{name}/function.yaml"),
+                format!("name: {name}\nruntime: python\nhandler: handler.py\n{extra}"),
+            ));
+            files.push((format!("functions/{name}/handler.py"), handler.clone()));
+        }
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let root = temp_tree(&refs);
+        Self::serve(root)
+    }
+
+    fn serve(root: tempfile::TempDir) -> Self {
+        let repo = cubeflash::spec::load(root.path()).expect("test repo is valid");
+        let config = GatewayConfig {
+            root: root.path().to_path_buf(),
+            state_dir: root.path().join(".cubeflash"),
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            max_body: repo.project.gateway.max_body_size as usize,
+            queue_size: repo.project.gateway.queue_size,
+            admin_token: TOKEN.into(),
+            grace: Duration::from_secs(5),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let thread = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let gw: Arc<Gateway> = Gateway::new(&repo, config).unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                url_tx
+                    .send(format!("http://{}", listener.local_addr().unwrap()))
+                    .unwrap();
+                gw.serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        let url = url_rx.recv().unwrap();
+        Self {
+            url,
+            root,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    fn admin(&self, path: &str) -> Value {
+        client()
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn function(&self, name: &str) -> Value {
+        self.admin(&format!("/system/functions/{name}"))
+    }
+
+    /// Waits until `check` holds for the function's admin view, or fails with `what`.
+    fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let f = self.function(name);
+            if check(&f) {
+                return f;
+            }
+            assert!(Instant::now() < deadline, "{what}: still {f}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn skip_without_python() -> bool {
+    if have("python3") {
+        return false;
+    }
+    eprintln!("SKIP: python3 is not installed (scripts/test-deps.sh installs it)");
+    true
+}
+
+#[test]
+fn cold_start_then_warm() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start("", &[("fn", "")]);
+    assert_eq!(
+        gw.function("fn")["replicas"]["desired"],
+        0,
+        "scale.min 0 starts at zero"
+    );
+    let first = client().get(gw.url("/function/fn/pid")).send().unwrap();
+    assert_eq!(first.status(), 200);
+    let cold: u64 = first.headers()["x-cubeflash-cold-start"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cold > 0);
+    assert!(first.headers().contains_key("x-cubeflash-call-id"));
+    let second = client().get(gw.url("/function/fn/pid")).send().unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(
+        !second.headers().contains_key("x-cubeflash-cold-start"),
+        "a warm request carries no cold-start header"
+    );
+    let metrics = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("cubeflash_cold_starts_total{function=\"fn\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("cubeflash_request_duration_seconds_count{function=\"fn\",start=\"cold\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("cubeflash_request_duration_seconds_count{function=\"fn\",start=\"warm\"} 1"),
+        "{metrics}"
+    );
+    for phase in ["spawn", "readiness", "first_byte"] {
+        assert!(
+            metrics.contains(&format!(
+                "cubeflash_cold_start_phase_seconds_count{{function=\"fn\",phase=\"{phase}\"}} 1"
+            )),
+            "{phase}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("cubeflash_gateway_overhead_seconds_count{function=\"fn\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cubeflash_replica_seconds_total{function=\"fn\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_burst_of_50_at_zero_is_one_cold_start_and_50_successes() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start("", &[("fn", "scale: { max: 10, concurrency: 10 }\n")]);
+    let url = gw.url("/function/fn/pid");
+    let barrier = Arc::new(std::sync::Barrier::new(50));
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            thread::spawn(move || {
+                let c = client();
+                barrier.wait();
+                c.get(url).send().unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert_eq!(gw.function("fn")["coldStarts"], 1);
+}
+
+#[test]
+fn scales_up_under_load_then_down_to_zero_after_idle() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start(
+        "",
+        &[(
+            "fn",
+            "scale: { max: 4, concurrency: 1, limit: 1, idle: 1s }\n",
+        )],
+    );
+    let url = gw.url("/function/fn/sleep?s=1.5");
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || {
+                client().get(url).send().unwrap().json::<Value>().unwrap()["pid"]
+                    .as_u64()
+                    .unwrap()
+            })
+        })
+        .collect();
+    gw.wait_for(
+        "fn",
+        "more than one replica under load",
+        Duration::from_secs(10),
+        |f| f["replicas"]["ready"].as_u64() >= Some(2),
+    );
+    let pids: std::collections::HashSet<u64> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(pids.len() >= 2, "requests spread over replicas: {pids:?}");
+    gw.wait_for(
+        "fn",
+        "back to zero after idle",
+        Duration::from_secs(20),
+        |f| f["replicas"]["desired"] == 0 && f["replicas"]["ready"] == 0,
+    );
+}
+
+#[test]
+fn a_crashed_replica_restarts_and_serving_goes_on() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start("", &[("fn", "scale: { min: 1 }\n")]);
+    let pid = |r: reqwest::blocking::Response| r.json::<Value>().unwrap()["pid"].as_u64().unwrap();
+    let before = pid(client().get(gw.url("/function/fn/pid")).send().unwrap());
+    let crash = client().get(gw.url("/function/fn/crash")).send().unwrap();
+    assert_eq!(crash.status(), 502, "the crash surfaces as a bad gateway");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let r = client().get(gw.url("/function/fn/pid")).send().unwrap();
+        if r.status() == 200 {
+            break pid(r);
+        }
+        assert!(Instant::now() < deadline, "no replica came back");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(before, after, "a new process serves after the crash");
+    assert!(
+        client()
+            .get(gw.url("/healthz"))
+            .send()
+            .unwrap()
+            .status()
+            .is_success(),
+        "the gateway is still up"
+    );
+}
+
+#[test]
+fn a_crash_loop_fails_the_function_with_its_last_output() {
+    if skip_without_python() {
+        return;
+    }
+    let root = temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            "functions/broken/function.yaml",
+            "name: broken\nruntime: python\nhandler: handler.py\n",
+        ),
+        (
+            "functions/broken/handler.py",
+            "raise SystemExit('broken on purpose')\n",
+        ),
+    ]);
+    let gw = TestGateway::serve(root);
+    let resp = client().get(gw.url("/function/broken")).send().unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("crashed 5 times") && error.contains("broken on purpose"),
+        "{error}"
+    );
+    assert_eq!(body["function"], "broken");
+    let again = client().get(gw.url("/function/broken")).send().unwrap();
+    assert_eq!(again.status(), 502, "a failed function answers at once");
+}
+
+#[test]
+fn not_found_too_large_timeout_and_full_queue_are_json_errors() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start(
+        "gateway: { maxBodySize: 1Ki, queueSize: 2 }\n",
+        &[("fast", "timeout: 500ms\n")],
+    );
+    // A function that never becomes ready, for the cold-start timeout and the queue.
+    let stuck = gw.root.path().join("functions/stuck");
+    std::fs::create_dir_all(&stuck).unwrap();
+    std::fs::write(
+        stuck.join("function.yaml"),
+        "name: stuck\nruntime: exec\nhandler: sleep 60\nscale: { coldStartTimeout: 1s }\n",
+    )
+    .unwrap();
+    let reload = client()
+        .post(gw.url("/system/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(reload.status(), 200, "{}", reload.text().unwrap());
+
+    let check = |resp: reqwest::blocking::Response, status: u16, needle: &str| {
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let v: Value = resp.json().unwrap();
+        assert!(v["error"].as_str().unwrap().contains(needle), "{v}");
+        v
+    };
+    check(
+        client().get(gw.url("/function/nope")).send().unwrap(),
+        404,
+        "no function named \"nope\"",
+    );
+    check(
+        client().get(gw.url("/not/routed")).send().unwrap(),
+        404,
+        "nothing is routed",
+    );
+    let v = check(
+        client()
+            .post(gw.url("/function/fast"))
+            .body(vec![b'x'; 2048])
+            .send()
+            .unwrap(),
+        413,
+        "larger than",
+    );
+    assert_eq!(v["function"], "fast");
+    check(
+        client()
+            .get(gw.url("/function/fast/sleep?s=3"))
+            .send()
+            .unwrap(),
+        504,
+        "within its timeout of 500ms",
+    );
+
+    let url = gw.url("/function/stuck");
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let r = client().get(url).send().unwrap();
+                (
+                    r.status().as_u16(),
+                    r.headers().get("retry-after").is_some(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<(u16, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.0 == 429).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results.contains(&(429, true)),
+        "429 carries Retry-After: {results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| r.0 == 504).count(),
+        2,
+        "{results:?}"
+    );
+}
+
+#[test]
+fn requests_and_responses_pass_through_intact() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start(
+        "",
+        &[(
+            "fn",
+            "triggers:\n  - http: { path: /api/*, methods: [POST] }\n",
+        )],
+    );
+    let v: Value = client()
+        .post(gw.url("/function/fn/a/b?x=1&y=two"))
+        .header("X-Custom", "yes")
+        .header("Connection", "keep-alive, x-hop")
+        .header("X-Hop", "must not pass")
+        .body("payload")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/a/b");
+    assert_eq!(v["query"]["y"], "two");
+    assert_eq!(v["body"], "payload");
+    assert_eq!(v["headers"]["x-custom"], "yes");
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(v["headers"]["x-cubeflash-call-id"].is_string());
+    assert!(
+        v["headers"].get("x-hop").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
+
+    let r = client()
+        .get(gw.url("/function/fn/status?code=418"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 418);
+    assert_eq!(r.headers()["x-reply"], "custom");
+    assert_eq!(r.text().unwrap(), "status body");
+
+    let routed: Value = client()
+        .post(gw.url("/api/thing"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        routed["path"], "/api/thing",
+        "a trigger path is forwarded whole"
+    );
+    assert_eq!(
+        client().get(gw.url("/api/thing")).send().unwrap().status(),
+        404,
+        "GET is not a method of that trigger"
+    );
+}
+
+#[test]
+fn the_admin_api_needs_the_token() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start("", &[("fn", "baseline: { replicas: 1 }\n")]);
+    let no = client().get(gw.url("/system/functions")).send().unwrap();
+    assert_eq!(no.status(), 401);
+    let wrong = client()
+        .get(gw.url("/system/functions"))
+        .bearer_auth("nope")
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let f = gw.wait_for("fn", "baseline ready", Duration::from_secs(10), |f| {
+        f["baselineUrl"].is_string()
+    });
+    let baseline = client()
+        .get(format!("{}/pid", f["baselineUrl"].as_str().unwrap()))
+        .send()
+        .unwrap();
+    assert_eq!(
+        baseline.status(),
+        200,
+        "the baseline answers on its own port"
+    );
+    let scaled: Value = client()
+        .post(gw.url("/system/functions/fn/scale"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"replicas": 2}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(scaled["replicas"]["desired"], 2);
+    let logs: Value = gw.admin("/system/functions/fn/logs?lines=5");
+    assert!(logs["lines"].is_array());
+    let deleted = client()
+        .delete(gw.url("/system/functions/fn"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.url("/function/fn"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[test]
+fn reload_adds_removes_and_rolls_changed_functions() {
+    if skip_without_python() {
+        return;
+    }
+    let gw = TestGateway::start(
+        "",
+        &[
+            ("keep", "scale: { min: 1 }\n"),
+            ("change", "scale: { min: 1 }\n"),
+            ("drop", ""),
+        ],
+    );
+    let version = |name: &str| {
+        client()
+            .get(gw.url(&format!("/function/{name}/pid")))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()
+    };
+    let keep_pid = version("keep")["pid"].clone();
+    assert_eq!(version("change")["version"], "v1");
+    let root = gw.root.path();
+    std::fs::remove_dir_all(root.join("functions/drop")).unwrap();
+    let handler = std::fs::read_to_string(root.join("functions/change/handler.py")).unwrap();
+    std::fs::write(
+        root.join("functions/change/handler.py"),
+        handler.replace("VERSION = \"v1\"", "VERSION = \"v2\""),
+    )
+    .unwrap();
+    copy_function(root, "keep", "added");
+    let summary: Value = client()
+        .post(gw.url("/system/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(summary["added"], serde_json::json!(["added"]));
+    assert_eq!(summary["changed"], serde_json::json!(["change"]));
+    assert_eq!(summary["removed"], serde_json::json!(["drop"]));
+    assert_eq!(version("change")["version"], "v2");
+    assert_eq!(
+        version("keep")["pid"],
+        keep_pid,
+        "an unchanged function keeps its replicas"
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/function/drop"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/function/added/pid"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+fn copy_function(root: &Path, from: &str, to: &str) {
+    let dir = root.join("functions").join(to);
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml =
+        std::fs::read_to_string(root.join("functions").join(from).join("function.yaml")).unwrap();
+    std::fs::write(
+        dir.join("function.yaml"),
+        yaml.replace(&format!("name: {from}"), &format!("name: {to}")),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("functions").join(from).join("handler.py"),
+        dir.join("handler.py"),
+    )
+    .unwrap();
+}
+
+/// Processes whose working folder is under `dir`: replicas run in their function's folder.
+fn processes_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            if cwd.starts_with(dir) {
+                let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                found.push(format!("{name}: {}", text(&cmd).replace('\0', " ")));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn sigterm_stops_the_gateway_and_leaves_no_process_behind() {
+    if skip_without_python() {
+        return;
+    }
+    let root = temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        ("functions/a/function.yaml", "name: a\nruntime: python\nhandler: handler.py\nscale: { min: 2 }\nbaseline: { replicas: 1 }\n"),
+        ("functions/b/function.yaml", "name: b\nruntime: exec\nhandler: sh -c 'sleep 300 & exec python3 -m http.server $PORT'\n"),
+    ]);
+    std::fs::copy(
+        repo_root().join("tests/fixtures/gateway/handler.py"),
+        root.path().join("functions/a/handler.py"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["up", "--port", "0"])
+        .current_dir(root.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let url = first.rsplit(' ').next().unwrap().to_string();
+    assert_eq!(
+        client()
+            .get(format!("{url}/function/a/pid"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    // http.server has no /_/ready: b never becomes ready, but its processes run.
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        processes_under(root.path()).len() >= 4,
+        "{:?}",
+        processes_under(root.path())
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop on SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        processes_under(root.path()),
+        Vec::<String>::new(),
+        "orphans left behind"
+    );
+}
