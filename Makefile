@@ -4,8 +4,8 @@ BIN      := target/debug/cubeflash
 RELEASE  := target/release/cubeflash
 K8S_VERSION ?= 1.33.0
 
-.PHONY: all build release test unit render check validate k8s-validate new-function \
-        deploy bench run stop image bench-render fmt clippy clean
+.PHONY: all build release test unit render check validate k8s-validate \
+        deploy bench run stop image bench-render bench-gateway fmt clippy clean
 
 all: build
 
@@ -44,10 +44,24 @@ k8s-validate:     ## check generated/ against the Kubernetes OpenAPI schemas (st
 bench-render: release  ## render cost at 100 vs 1,000 functions (see bench/render-scale.sh)
 	bench/render-scale.sh $(RELEASE)
 
-# The local platform (gateway + process runtime) and the load generator are the next
-# pieces of work; until they land these targets say so instead of failing obscurely.
-deploy run stop bench image:
-	@echo "make $@: not available yet: \`cubeflash $@\` belongs to the local platform, Kubernetes and bench work that is still open (see README, 'Status')." >&2; exit 2
+deploy: release   ## bring the example functions up on the local platform and print their URLs
+	$(RELEASE) deploy
+
+run: release      ## the local platform in the foreground (Ctrl-C stops it and every replica)
+	$(RELEASE) up
+
+stop:             ## stop the local platform that `make deploy` started
+	@if [ -x $(RELEASE) ]; then $(RELEASE) down; else echo "nothing to stop"; fi
+
+bench-gateway: release  ## gateway overhead vs nginx, cold starts, idle memory (bench/*.sh)
+	bench/gateway-overhead.sh $(RELEASE)
+	bench/cold-start.sh $(RELEASE)
+	bench/idle-memory.sh $(RELEASE)
+
+# The load generator (`cubeflash bench`) and the container image are still open work;
+# until they land these targets say so instead of failing obscurely.
+bench image:
+	@echo "make $@: not available yet: \`cubeflash bench\` and the gateway image are open work (see README, 'Status')." >&2; exit 2
 
 fmt:
 	$(CARGO) fmt --all

@@ -61,7 +61,7 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
         /// Port to listen on (default: gateway.port in cubeflash.yaml; 0 picks a free one).
-        #[arg(long)]
+        #[arg(long, env = "CUBEFLASH_PORT")]
         port: Option<u16>,
     },
     /// Bring the repo's functions up on the target (local: start or reload the platform).

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod scaler;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -73,7 +72,8 @@ pub struct Gateway {
     pub config: GatewayConfig,
     routes: RwLock<Arc<Routes>>,
     pub metrics: Arc<Metrics>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    upstreams: Arc<upstream::UpstreamPool>,
+    runtimes: Arc<local::Runtimes>,
     probe: ProbeClient,
     calls: AtomicU64,
     started: Instant,
@@ -119,10 +119,7 @@ fn connector() -> HttpConnector {
 impl Gateway {
     /// Builds the gateway for `repo`; starts nothing yet.
     pub fn new(repo: &Repo, config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector());
+        let runtimes = local::Runtimes::new(&config.state_dir)?;
         let probe = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector());
@@ -130,7 +127,8 @@ impl Gateway {
             config,
             routes: RwLock::new(Arc::new(Routes::default())),
             metrics: Arc::new(Metrics::default()),
-            client,
+            upstreams: Arc::default(),
+            runtimes,
             probe,
             calls: AtomicU64::new(0),
             started: Instant::now(),
@@ -146,7 +144,7 @@ impl Gateway {
     }
 
     fn function_state(&self, f: Function) -> Result<Arc<FunctionState>, GatewayError> {
-        let spec = local::process_spec(&self.config.root, &self.config.state_dir, &f)?;
+        let spec = local::process_spec(&self.config.root, &self.runtimes, &f)?;
         let logs = Arc::new(LogBuffer::with_file(
             &self
                 .config
@@ -306,6 +304,8 @@ impl Gateway {
             .filter(|f| !changed.iter().any(|c| c == f.name()))
             .map(|f| f.name().to_string())
             .collect();
+        self.runtimes
+            .warm(next.iter().map(|f| f.function.spec.runtime));
         *self.routes.write().expect("routes lock") = Arc::new(Routes::new(next));
         for f in retired {
             tokio::spawn(async move { f.shutdown().await });
@@ -320,6 +320,12 @@ impl Gateway {
         for f in self.routes().functions() {
             f.start();
         }
+        self.runtimes.warm(
+            self.routes()
+                .functions()
+                .iter()
+                .map(|f| f.function.spec.runtime),
+        );
         let scaler = tokio::spawn(autoscale_loop(self.clone()));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -348,6 +354,7 @@ impl Gateway {
         drop(listener);
         let _ = tokio::time::timeout(self.config.grace, graceful.shutdown()).await;
         scaler.abort();
+        self.runtimes.shutdown();
         let functions = self.routes().functions();
         let stops = functions.iter().map(|f| f.shutdown());
         futures_join_all(stops).await;

@@ -214,10 +214,21 @@ fn cold_start_then_warm() {
         metrics.contains("cubeflash_gateway_overhead_seconds_count{function=\"fn\"} 1"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("cubeflash_replica_seconds_total{function=\"fn\"}"),
-        "{metrics}"
-    );
+    // Replica-seconds are accounted by the autoscaler's 100 ms tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = client()
+            .get(gw.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if metrics.contains("cubeflash_replica_seconds_total{function=\"fn\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replica-seconds: {metrics}");
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -707,4 +718,79 @@ fn sigterm_stops_the_gateway_and_leaves_no_process_behind() {
         Vec::<String>::new(),
         "orphans left behind"
     );
+}
+
+#[test]
+fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
+    if skip_without_python() {
+        return;
+    }
+    let root = temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            "functions/greet/function.yaml",
+            "name: greet\nruntime: python\nhandler: handler.py\n",
+        ),
+        (
+            "functions/greet/handler.py",
+            "def handle(req):\n    return 'v1'\n",
+        ),
+    ]);
+    let run = |args: &[&str]| {
+        // Port 0: the background gateway picks a free port and records it for the other verbs.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+            .args(args)
+            .current_dir(root.path())
+            .env("CUBEFLASH_PORT", "0")
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = run(&["deploy"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("started the local platform at http://127.0.0.1:"),
+        "{out}"
+    );
+    assert!(out.contains("/function/greet"), "{out}");
+    let (code, out, _) = run(&["invoke", "greet"]);
+    assert_eq!((code, out.as_str()), (Some(0), "v1\n"));
+
+    std::fs::write(
+        root.path().join("functions/greet/handler.py"),
+        "def handle(req):\n    return 'v2'\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["deploy"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("reloaded the local platform") && out.contains("changed [greet]"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["invoke", "greet"]);
+    assert_eq!(out, "v2\n");
+    let (code, out, _) = run(&["ls"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("greet") && l.contains("python")),
+        "{out}"
+    );
+    let (code, _, err) = run(&["invoke", "missing"]);
+    assert_eq!(code, Some(1), "a 404 is a failed invocation: {err}");
+    let (code, out, _) = run(&["logs", "greet", "-n", "5"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("[greet#"), "{out}");
+
+    let (code, out, _) = run(&["down"]);
+    assert_eq!((code, out.trim()), (Some(0), "stopped the local platform"));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        processes_under(root.path()),
+        Vec::<String>::new(),
+        "orphans left behind"
+    );
+    let (code, _, err) = run(&["invoke", "greet"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot reach the gateway"), "{err}");
 }

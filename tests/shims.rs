@@ -266,3 +266,56 @@ fn shims_exit_on_sigterm() {
         }
     }
 }
+
+/// Warm-pool mode: the shim starts with no function, then becomes the one named on stdin.
+#[test]
+fn pooled_shims_become_the_function_named_on_stdin() {
+    use std::io::Write;
+    for (runtime, handler) in [("python", "handler.py"), ("node", "handler.js")] {
+        let program = common::interpreter(runtime);
+        if !have(program) {
+            eprintln!("SKIP: {program} is not installed");
+            continue;
+        }
+        let port = common::free_port();
+        let mut child = std::process::Command::new(program)
+            .arg(common::shim(runtime))
+            .arg("--pool")
+            .current_dir("/")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let job = serde_json::json!({
+            "dir": fixtures(runtime),
+            "env": { "PORT": port.to_string(), "CUBEFLASH_HANDLER": handler, "CUBEFLASH_BIND": "127.0.0.1", "CUBEFLASH_FUNCTION": "pooled" },
+        });
+        writeln!(child.stdin.as_mut().unwrap(), "{job}").unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            if let Ok(r) = client().get(format!("{url}/text")).send() {
+                break r.text().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{runtime}: pooled shim never served"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(text, "plain text", "{runtime}");
+        let err: serde_json::Value = client()
+            .get(format!("{url}/throw"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            err["function"], "pooled",
+            "{runtime}: the function name comes from the job"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

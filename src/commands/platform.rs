@@ -241,9 +241,9 @@ pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Re
             f["name"].as_str().unwrap_or("?"),
             f["runtime"].as_str().unwrap_or("?"),
             format!("{}/{}", f["replicas"]["ready"], f["replicas"]["desired"]),
-            f["inflight"],
-            f["queued"],
-            f["coldStarts"],
+            f["inflight"].to_string(),
+            f["queued"].to_string(),
+            f["coldStarts"].to_string(),
             f["url"].as_str().unwrap_or(""),
             f["baselineUrl"].as_str().unwrap_or("-"),
         )?;

@@ -15,7 +15,8 @@ use crate::runtime::replicas::Endpoint;
 
 use super::function::FunctionState;
 use super::metrics::{label, CodeLabels, PhaseLabels, StartLabels};
-use super::proxy::{self, GatewayBody, TrackedBody, CALL_ID, COLD_START};
+use super::proxy::{self, GatewayBody, CALL_ID, COLD_START};
+use super::upstream::UpstreamBody;
 use super::{json_error, Gateway};
 
 /// Why a request got no replica.
@@ -152,15 +153,22 @@ impl Gateway {
 
         let sent = Instant::now();
         let timeout = f.function.spec.timeout.value;
-        let result = tokio::time::timeout(timeout, self.client.request(upstream)).await;
-        let (mut head, incoming) = match result {
-            Ok(Ok(resp)) => resp.into_parts(),
+        let result =
+            tokio::time::timeout(timeout, self.upstreams.send(lease.endpoint.addr, upstream)).await;
+        let (mut head, incoming, conn) = match result {
+            Ok(Ok((resp, conn))) => {
+                let (head, body) = resp.into_parts();
+                (head, body, conn)
+            }
             Ok(Err(e)) => {
                 release();
                 let tail = f.logs.tail(5).join("\n");
                 return Err(Reject {
                     status: StatusCode::BAD_GATEWAY,
-                    message: format!("the replica did not answer: {e}; last output:\n{tail}"),
+                    message: format!(
+                        "the replica did not answer: {:#}; last output:\n{tail}",
+                        anyhow::Error::from(e)
+                    ),
                 });
             }
             Err(_) => {
@@ -184,7 +192,7 @@ impl Gateway {
         }
         Ok(Response::from_parts(
             head,
-            TrackedBody::new(incoming, release).boxed(),
+            UpstreamBody::new(incoming, conn, release).boxed(),
         ))
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::render::context::shim;
@@ -22,13 +22,26 @@ use crate::spec::{Function, Runtime};
 pub const LOG_LINES: usize = 1000;
 
 /// How to start one replica of a function.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessSpec {
     pub function: String,
     pub program: String,
     pub args: Vec<String>,
     pub dir: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Pre-started interpreters to take a replica from, when the runtime has them.
+    pub pool: Option<Arc<WarmPool>>,
+}
+
+impl std::fmt::Debug for ProcessSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessSpec")
+            .field("function", &self.function)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("pooled", &self.pool.is_some())
+            .finish()
+    }
 }
 
 /// Why a function cannot run locally.
@@ -44,11 +57,65 @@ pub enum LocalError {
     },
 }
 
-/// Writes the embedded shims under `state_dir/runtime/` so replicas can run them, and
-/// returns the spec to start `f` with.
+/// The language runtimes on this machine: shims written under `.cubeflash/runtime/`,
+/// interpreters resolved, and a warm pool per language.
+pub struct Runtimes {
+    python: (PathBuf, Arc<WarmPool>),
+    node: (PathBuf, Arc<WarmPool>),
+}
+
+impl Runtimes {
+    pub fn new(state_dir: &Path) -> Result<Arc<Self>, LocalError> {
+        let dir = state_dir.join("runtime");
+        let write = |rt| -> Result<PathBuf, LocalError> {
+            let (file, text) = shim(rt).expect("python and node have shims");
+            let path = dir.join(file);
+            let io = |source| LocalError::Shim {
+                path: path.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+                std::fs::write(&path, text).map_err(io)?;
+            }
+            Ok(path)
+        };
+        let py = write(Runtime::Python)?;
+        let js = write(Runtime::Node)?;
+        Ok(Arc::new(Self {
+            python: (py.clone(), WarmPool::new(python(), &py)),
+            node: (js.clone(), WarmPool::new(node(), &js)),
+        }))
+    }
+
+    fn pool(&self, rt: Runtime) -> Option<&Arc<WarmPool>> {
+        match rt {
+            Runtime::Python => Some(&self.python.1),
+            Runtime::Node => Some(&self.node.1),
+            _ => None,
+        }
+    }
+
+    /// Tops up the warm pool of each runtime in `used`.
+    pub fn warm(&self, used: impl IntoIterator<Item = Runtime>) {
+        for rt in used {
+            if let Some(pool) = self.pool(rt) {
+                pool.fill();
+            }
+        }
+    }
+
+    /// Stops every warm process.
+    pub fn shutdown(&self) {
+        self.python.1.shutdown();
+        self.node.1.shutdown();
+    }
+}
+
+/// How to start replicas of `f`.
 pub fn process_spec(
     root: &Path,
-    state_dir: &Path,
+    runtimes: &Runtimes,
     f: &Function,
 ) -> Result<ProcessSpec, LocalError> {
     let spec = &f.spec;
@@ -59,6 +126,7 @@ pub fn process_spec(
         .collect();
     env.push(("CUBEFLASH_FUNCTION".into(), spec.name.clone()));
     env.push(("CUBEFLASH_BIND".into(), "127.0.0.1".into()));
+    let mut pool = None;
     let (program, args) = match spec.runtime {
         Runtime::Image => {
             return Err(LocalError::ImageRuntime {
@@ -70,36 +138,25 @@ pub fn process_spec(
             vec!["-c".to_string(), spec.handler.clone().unwrap_or_default()],
         ),
         rt => {
-            let (file, text) = shim(rt).expect("python and node have shims");
-            let dir = state_dir.join("runtime");
-            let path = dir.join(file);
-            let write = || -> std::io::Result<()> {
-                std::fs::create_dir_all(&dir)?;
-                if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
-                    std::fs::write(&path, text)?;
-                }
-                Ok(())
-            };
-            write().map_err(|source| LocalError::Shim {
-                path: path.clone(),
-                source,
-            })?;
             env.push((
                 "CUBEFLASH_HANDLER".into(),
                 spec.handler.clone().unwrap_or_default(),
             ));
-            if rt == Runtime::Python {
-                env.push(("PYTHONUNBUFFERED".into(), "1".into()));
-                env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-            }
-            let program = if rt == Runtime::Python {
-                "python3"
-            } else {
-                "node"
+            let (program, shim, prefix) = match rt {
+                Runtime::Python => {
+                    env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+                    env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+                    (python(), &runtimes.python.0, "PYTHON")
+                }
+                _ => (node(), &runtimes.node.0, "NODE_"),
             };
+            // Variables that shape the interpreter itself only work on a fresh start.
+            if !spec.env.keys().any(|k| k.starts_with(prefix)) {
+                pool = runtimes.pool(rt).cloned();
+            }
             (
                 program.to_string(),
-                vec![path.to_string_lossy().into_owned()],
+                vec![shim.to_string_lossy().into_owned()],
             )
         }
     };
@@ -109,7 +166,32 @@ pub fn process_spec(
         args,
         dir: root.join(&f.rel_dir),
         env,
+        pool,
     })
+}
+
+/// The interpreter's own path: version managers (pyenv, nvm, asdf) put a script on PATH
+/// that costs tens of milliseconds on every start, which is most of a cold start.
+fn resolve(program: &'static str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| program.to_string())
+}
+
+fn python() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| resolve("python3", &["-c", "import sys; print(sys.executable)"]))
+}
+
+fn node() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| resolve("node", &["-p", "process.execPath"]))
 }
 
 /// A function's recent output, shared by its replicas.
@@ -173,43 +255,166 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts one replica in a new process group with its output going to `logs`.
-pub fn spawn(spec: &ProcessSpec, replica: u64, logs: &Arc<LogBuffer>) -> std::io::Result<Process> {
+/// Where a process's output lines go: set at spawn, or when a warm process becomes a replica.
+type LogTarget = Arc<Mutex<Option<(String, Arc<LogBuffer>)>>>;
+
+fn command(program: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+fn pgid_of(child: &Child) -> Pid {
+    Pid::from_raw(child.id().expect("a just-spawned child has a pid") as i32)
+}
+
+/// Starts one replica in a new process group with its output going to `logs`: a warm
+/// process from the runtime's pool when there is one, else a fresh process.
+pub async fn spawn(
+    spec: &ProcessSpec,
+    replica: u64,
+    logs: &Arc<LogBuffer>,
+) -> std::io::Result<Process> {
     let port = free_port()?;
-    let mut child = Command::new(&spec.program)
-        .args(&spec.args)
+    let prefix = format!("[{}#{replica}]", spec.function);
+    if let Some(pool) = &spec.pool {
+        let warm = pool.take();
+        pool.fill();
+        if let Some(mut warm) = warm {
+            let mut env: serde_json::Map<String, serde_json::Value> = spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            env.insert("PORT".into(), port.to_string().into());
+            let job = serde_json::json!({ "dir": spec.dir, "env": env });
+            let mut line = serde_json::to_vec(&job).expect("json serializes");
+            line.push(b'\n');
+            *warm.target.lock().expect("log target lock") = Some((prefix.clone(), logs.clone()));
+            if warm.stdin.write_all(&line).await.is_ok() {
+                let pgid = pgid_of(&warm.child);
+                return Ok(Process {
+                    child: warm.child,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    pgid,
+                });
+            }
+            // The warm process died meanwhile: start afresh below.
+        }
+    }
+    let mut child = command(&spec.program, &spec.args)
         .current_dir(&spec.dir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("PORT", port.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().expect("a just-spawned child has a pid");
-    let prefix = format!("[{}#{replica}]", spec.function);
-    forward(child.stdout.take(), prefix.clone(), logs.clone());
-    forward(child.stderr.take(), prefix, logs.clone());
+    let target: LogTarget = Arc::new(Mutex::new(Some((prefix, logs.clone()))));
+    forward(child.stdout.take(), target.clone());
+    forward(child.stderr.take(), target);
+    let pgid = pgid_of(&child);
     Ok(Process {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        pgid: Pid::from_raw(pid as i32),
+        pgid,
     })
 }
 
-fn forward<R: AsyncRead + Unpin + Send + 'static>(
-    stream: Option<R>,
-    prefix: String,
-    logs: Arc<LogBuffer>,
-) {
+fn forward<R: AsyncRead + Unpin + Send + 'static>(stream: Option<R>, target: LogTarget) {
     let Some(stream) = stream else { return };
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            logs.push(format!("{prefix} {line}"));
+            let to = target.lock().expect("log target lock").clone();
+            if let Some((prefix, logs)) = to {
+                logs.push(format!("{prefix} {line}"));
+            }
         }
     });
+}
+
+/// An interpreter with the shim loaded, waiting on stdin to be told which function to be.
+struct Warm {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    target: LogTarget,
+}
+
+/// Pre-started interpreters of one runtime (Fission's warm pool): a cold start then costs
+/// loading the handler, not starting the interpreter. One is kept ready; it is replaced as
+/// soon as it is taken.
+pub struct WarmPool {
+    program: String,
+    shim: PathBuf,
+    idle: Mutex<Vec<Warm>>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Warm processes kept per runtime.
+const WARM_SIZE: usize = 1;
+
+impl WarmPool {
+    fn new(program: &str, shim: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            program: program.to_string(),
+            shim: shim.to_path_buf(),
+            idle: Mutex::default(),
+            stopped: Default::default(),
+        })
+    }
+
+    fn take(&self) -> Option<Warm> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        // Skip any that died while waiting.
+        while let Some(mut w) = idle.pop() {
+            if matches!(w.child.try_wait(), Ok(None)) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Starts warm processes until `WARM_SIZE` wait. Needs a Tokio runtime.
+    pub fn fill(&self) {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        while idle.len() < WARM_SIZE {
+            let args = [
+                self.shim.to_string_lossy().into_owned(),
+                "--pool".to_string(),
+            ];
+            let Ok(mut child) = command(&self.program, &args)
+                .current_dir("/")
+                .stdin(Stdio::piped())
+                .spawn()
+            else {
+                return;
+            };
+            let target: LogTarget = Arc::default();
+            forward(child.stdout.take(), target.clone());
+            forward(child.stderr.take(), target.clone());
+            let stdin = child.stdin.take().expect("stdin is piped");
+            idle.push(Warm {
+                child,
+                stdin,
+                target,
+            });
+        }
+    }
+
+    /// Kills every waiting process (their process groups included).
+    pub fn shutdown(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.idle.lock().expect("pool lock").drain(..) {
+            let _ = killpg(pgid_of(&w.child), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Stops a replica's whole process group: SIGTERM, then SIGKILL after `grace`.

@@ -212,7 +212,7 @@ impl ReplicaSet {
                 return;
             }
             let asked = Instant::now();
-            let mut proc = match local::spawn(&self.spec, id, &self.logs) {
+            let mut proc = match local::spawn(&self.spec, id, &self.logs).await {
                 Ok(p) => p,
                 Err(e) => {
                     if self.crashed(id, &format!("could not start {}: {e}", self.spec.program)) {
@@ -315,7 +315,7 @@ async fn probe_ready(client: &ProbeClient, addr: SocketAddr) -> Result<(), Strin
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(25));
+        pause = (pause * 2).min(Duration::from_millis(5));
     }
     Err(format!(
         "did not answer GET /_/ready with 200 within {}s",

@@ -13,7 +13,7 @@ const http = require("http");
 const path = require("path");
 const { pathToFileURL } = require("url");
 
-const FUNCTION = process.env.CUBEFLASH_FUNCTION || "function";
+let FUNCTION = process.env.CUBEFLASH_FUNCTION || "function";
 const RESPONSE_KEYS = new Set(["statusCode", "headers", "body", "isBase64Encoded"]);
 
 async function loadHandler(spec) {
@@ -106,12 +106,39 @@ function makeRequest(req, body) {
   };
 }
 
+// Warm-pool mode (--pool): node and the shim are loaded; wait for the gateway to name the
+// function to become: one JSON line with dir, env and port.
+function waitForFunction() {
+  return new Promise((resolve) => {
+    let buffered = "";
+    const onData = (chunk) => {
+      buffered += chunk;
+      const newline = buffered.indexOf("\n");
+      if (newline < 0) return;
+      process.stdin.off("data", onData);
+      process.stdin.pause();
+      const job = JSON.parse(buffered.slice(0, newline));
+      process.chdir(job.dir);
+      Object.assign(process.env, job.env);
+      resolve();
+    };
+    process.stdin.setEncoding("utf8");
+    process.stdin.on("data", onData);
+    process.stdin.on("end", () => process.exit(0));
+  });
+}
+
 async function main() {
+  if (process.argv[2] === "--pool") {
+    await waitForFunction();
+    process.argv.splice(2, 1);
+  }
   const spec = process.env.CUBEFLASH_HANDLER || process.argv[2];
   if (!spec) {
     console.error("cubeflash: set CUBEFLASH_HANDLER to the handler file, e.g. handler.js");
     process.exit(1);
   }
+  FUNCTION = process.env.CUBEFLASH_FUNCTION || FUNCTION;
   const handle = await loadHandler(spec);
   let inflight = 0;
   const server = http.createServer((req, res) => {

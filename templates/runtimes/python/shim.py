@@ -6,15 +6,12 @@ GET /_/ready answers 200 once the handler is loaded; GET /_/health answers 200 w
 process serves. A handler exception becomes a 500 with a JSON body; the process keeps serving.
 """
 
-import asyncio
 import importlib.util
-import inspect
 import json
 import os
 import signal
 import sys
 import threading
-import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -158,10 +155,14 @@ class Handler(BaseHTTPRequestHandler):
         req = Request(self.command, url.path, parse_qs(url.query, keep_blank_values=True), headers, body)
         try:
             result = type(self).handle_fn(req)
-            if inspect.isawaitable(result):
+            if hasattr(result, "__await__"):
+                import asyncio  # only async handlers pay for it: it costs ~40 ms of start-up
+
                 result = asyncio.run(_await(result))
             status, out_headers, out_body = to_response(result)
         except Exception as exc:  # the replica keeps serving whatever the handler does
+            import traceback
+
             traceback.print_exc(file=sys.stderr)
             sys.stderr.flush()
             return self.send_json(500, {"error": f"{type(exc).__name__}: {exc}", "function": FUNCTION})
@@ -180,8 +181,24 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
+def wait_for_function():
+    """Warm-pool mode (--pool): the interpreter and the shim are loaded; wait for the gateway
+    to name the function to become: one JSON line with dir, env and port."""
+    global FUNCTION
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit(0)
+    job = json.loads(line)
+    os.chdir(job["dir"])
+    os.environ.update(job["env"])
+    FUNCTION = os.environ.get("CUBEFLASH_FUNCTION", FUNCTION)
+
+
 def main():
     sys.stdout.reconfigure(line_buffering=True)
+    if sys.argv[1:2] == ["--pool"]:
+        wait_for_function()
+        del sys.argv[1]
     spec = os.environ.get("CUBEFLASH_HANDLER") or (sys.argv[1] if len(sys.argv) > 1 else "")
     if not spec:
         raise SystemExit("cubeflash: set CUBEFLASH_HANDLER to the handler file, e.g. handler.py")

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Gateway overhead: wrk at 32 connections through the cubeflash gateway to a fast exec
+# function (nginx returning a fixed body), against nginx's own reverse proxy to an identical
+# backend (the function's always-on baseline replica), and against that backend directly.
+# Runs are interleaved (gateway, nginx, direct, gateway, ...) so machine drift hits all alike.
+#
+#   bench/gateway-overhead.sh [path/to/cubeflash]      needs nginx and wrk (Debian packages)
+#   ROUNDS=3 DURATION=10s CONNECTIONS=32 bench/gateway-overhead.sh
+set -euo pipefail
+BIN="$(realpath "${1:-target/release/cubeflash}")"
+ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10s}"; CONNS="${CONNECTIONS:-32}"
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install nginx-light wrk" >&2; exit 2; }
+done
+WORK="$(mktemp -d)"
+cleanup() {
+  [ -n "${UP_PID:-}" ] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
+  [ -f "$WORK/proxy.pid" ] && kill -TERM "$(cat "$WORK/proxy.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The function: nginx on $PORT returning a fixed body (and 200 on /_/ready like any path).
+mkdir -p "$WORK/repo/functions/fixed"
+printf 'namespace: bench\n' > "$WORK/repo/cubeflash.yaml"
+cat > "$WORK/repo/functions/fixed/function.yaml" <<'YAML'
+name: fixed
+runtime: exec
+handler: sh run-nginx.sh
+scale: { min: 1, max: 1, concurrency: 1000 }
+baseline: { replicas: 1 }
+YAML
+cat > "$WORK/repo/functions/fixed/run-nginx.sh" <<'SH'
+dir=$(mktemp -d)
+cat > "$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fcgi;
+  uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$PORT; location / { return 200 "hello from a fixed backend\n"; } }
+}
+CONF
+exec nginx -p "$dir" -c "$dir/nginx.conf"
+SH
+
+CUBEFLASH_PORT=0 CUBEFLASH_ADMIN_TOKEN=bench "$BIN" -C "$WORK/repo" up > "$WORK/up.log" 2>&1 &
+UP_PID=$!
+for _ in $(seq 100); do grep -q listening "$WORK/up.log" 2>/dev/null && break; sleep 0.1; done
+GW=$(grep -o 'http://[0-9.:]*' "$WORK/up.log" | head -1)
+describe() { curl -s -H 'Authorization: Bearer bench' "$GW/system/functions/fixed"; }
+for _ in $(seq 100); do
+  d=$(describe)
+  if echo "$d" | grep -q '"ready": 1' && echo "$d" | grep -q '"baselineUrl": "http'; then break; fi
+  sleep 0.1
+done
+BACKEND=$(describe | sed -n 's/.*"baselineUrl": "\(http[^"]*\)".*/\1/p')
+[ -n "$BACKEND" ] || { echo "the function did not come up:"; cat "$WORK/up.log"; exit 1; }
+
+# nginx as the peer: a reverse proxy with keep-alive to the baseline backend.
+PROXY_PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+mkdir -p "$WORK/proxy"
+cat > "$WORK/proxy/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/proxy.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/proxy/body; proxy_temp_path $WORK/proxy/tmp; fastcgi_temp_path $WORK/proxy/fcgi;
+  uwsgi_temp_path $WORK/proxy/uwsgi; scgi_temp_path $WORK/proxy/scgi;
+  keepalive_requests 1000000;
+  upstream backend { server ${BACKEND#http://}; keepalive 128; }
+  server {
+    listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
+sleep 0.3
+
+run() { # run NAME URL -> "rps p50_ms p99_ms"
+  local out
+  out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2")
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { # wrk prints 120.00us / 1.20ms / 1.00s
+  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
+}
+
+wrk -t2 -c"$CONNS" -d2s "$GW/function/fixed" >/dev/null
+wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY_PORT/" >/dev/null
+echo "wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
+printf '%-6s %-10s %12s %10s %10s\n' round target requests/s p50_ms p99_ms
+declare -a G N D
+for r in $(seq "$ROUNDS"); do
+  read -r g1 g2 g3 < <(run gateway "$GW/function/fixed")
+  read -r n1 n2 n3 < <(run nginx "http://127.0.0.1:$PROXY_PORT/")
+  read -r d1 d2 d3 < <(run direct "$BACKEND/")
+  printf '%-6s %-10s %12s %10s %10s\n' "$r" cubeflash "$g1" "$g2" "$g3" "$r" nginx "$n1" "$n2" "$n3" "$r" direct "$d1" "$d2" "$d3"
+  G+=("$g1 $g2 $g3"); N+=("$n1 $n2 $n3"); D+=("$d1 $d2 $d3")
+done
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+col() { local i=$1; shift; for x in "$@"; do echo "$x" | awk -v i="$i" '{print $i}'; done | median; }
+gr=$(col 1 "${G[@]}"); nr=$(col 1 "${N[@]}")
+g50=$(col 2 "${G[@]}"); n50=$(col 2 "${N[@]}"); d50=$(col 2 "${D[@]}")
+g99=$(col 3 "${G[@]}"); n99=$(col 3 "${N[@]}"); d99=$(col 3 "${D[@]}")
+echo "medians: cubeflash $gr req/s (p50 $g50 ms, p99 $g99 ms); nginx $nr req/s (p50 $n50 ms, p99 $n99 ms); direct p50 $d50 ms, p99 $d99 ms"
+awk -v g="$gr" -v n="$nr" -v g50="$g50" -v n50="$n50" -v d50="$d50" -v g99="$g99" -v n99="$n99" -v d99="$d99" 'BEGIN {
+  printf "requests/s ratio cubeflash/nginx: %.2f (target >= 1.0)\n", g/n
+  printf "added latency over direct: cubeflash p50 %+.3f ms, p99 %+.3f ms; nginx p50 %+.3f ms, p99 %+.3f ms\n", g50-d50, g99-d99, n50-d50, n99-d99
+}'
