@@ -75,8 +75,10 @@ pub struct Gateway {
     upstreams: Arc<upstream::UpstreamPool>,
     runtimes: Arc<local::Runtimes>,
     probe: ProbeClient,
+    /// The runtime `new` ran on: replica supervisors and background work live there.
+    main: tokio::runtime::Handle,
     calls: AtomicU64,
-    started: Instant,
+    call_prefix: String,
     /// The address actually bound (port 0 resolved).
     pub local_addr: RwLock<Option<SocketAddr>>,
 }
@@ -130,8 +132,15 @@ impl Gateway {
             upstreams: Arc::default(),
             runtimes,
             probe,
+            main: tokio::runtime::Handle::current(),
             calls: AtomicU64::new(0),
-            started: Instant::now(),
+            call_prefix: format!(
+                "{:x}{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+                std::process::id()
+            ),
             local_addr: RwLock::new(None),
         });
         let functions = repo
@@ -158,6 +167,7 @@ impl Gateway {
             logs,
             self.probe.clone(),
             self.metrics.clone(),
+            self.main.clone(),
         ))
     }
 
@@ -165,12 +175,11 @@ impl Gateway {
         self.routes.read().expect("routes lock").clone()
     }
 
+    /// Unique per call: this gateway's start (fixed prefix) and a counter. Cheap: no
+    /// syscall, one allocation.
     fn next_call_id(&self) -> String {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{:x}-{n:x}",
-            self.started.elapsed().as_micros() ^ (u128::from(std::process::id()) << 40)
-        )
+        format!("{}-{n:x}", self.call_prefix)
     }
 
     /// The base URL clients reach the gateway at.
@@ -308,13 +317,18 @@ impl Gateway {
             .warm(next.iter().map(|f| f.function.spec.runtime));
         *self.routes.write().expect("routes lock") = Arc::new(Routes::new(next));
         for f in retired {
-            tokio::spawn(async move { f.shutdown().await });
+            self.main.spawn(async move { f.shutdown().await });
         }
         Ok(serde_json::json!({ "added": added, "changed": changed, "removed": removed }))
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests
     /// (bounded by `grace`) and stops every replica.
+    ///
+    /// Requests are served by one single-threaded runtime per core, each accepting on the
+    /// same socket (the nginx model): a connection and the replica connections it uses stay
+    /// on one thread, with no work stealing and no cross-thread wake-ups on the hot path.
+    /// `CUBEFLASH_WORKERS` sets their number.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         *self.local_addr.write().expect("addr lock") = listener.local_addr().ok();
         for f in self.routes().functions() {
@@ -327,37 +341,78 @@ impl Gateway {
                 .map(|f| f.function.spec.runtime),
         );
         let scaler = tokio::spawn(autoscale_loop(self.clone()));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, client)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let gateway = self.clone();
-                    let service = service_fn(move |req| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-                () = &mut shutdown => break,
-            }
+        let workers = std::env::var("CUBEFLASH_WORKERS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let std_listener = listener.into_std().expect("a bound listener converts");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let listener = std_listener
+                .try_clone()
+                .expect("the listening socket can be shared");
+            let gateway = self.clone();
+            let stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("cubeflash-http-{i}"))
+                .spawn(move || gateway.serve_worker(listener, stopped))
+                .expect("worker threads start");
+            threads.push(thread);
         }
-        drop(listener);
-        let _ = tokio::time::timeout(self.config.grace, graceful.shutdown()).await;
+        drop(std_listener);
+        shutdown.await;
+        let _ = stop.send(true);
+        for t in threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         scaler.abort();
         self.runtimes.shutdown();
         let functions = self.routes().functions();
         let stops = functions.iter().map(|f| f.shutdown());
         futures_join_all(stops).await;
+    }
+
+    /// One serving thread: accepts and serves connections until told to stop, then lets
+    /// in-flight requests finish (bounded by `grace`).
+    fn serve_worker(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a worker runtime starts");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("a non-blocking listener");
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, client)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let gateway = self.clone();
+                        let service = service_fn(move |req| {
+                            let gateway = gateway.clone();
+                            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
+                        });
+                        let conn = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(Duration::from_secs(30))
+                            .serve_connection(TokioIo::new(stream), service);
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+            drop(listener);
+            let _ = tokio::time::timeout(self.config.grace, graceful.shutdown()).await;
+        });
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode, Uri};
 
@@ -99,19 +99,23 @@ impl Gateway {
             return Err(too_large());
         }
         let (mut parts, body) = req.into_parts();
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large())
-            }
-            Err(e) => {
-                return Err(Reject {
-                    status: StatusCode::BAD_REQUEST,
-                    message: format!("failed to read the request body: {e}"),
-                })
+        let body = if body.is_end_stream() {
+            bytes::Bytes::new()
+        } else {
+            match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return Err(too_large())
+                }
+                Err(e) => {
+                    return Err(Reject {
+                        status: StatusCode::BAD_REQUEST,
+                        message: format!("failed to read the request body: {e}"),
+                    })
+                }
             }
         };
 
@@ -131,8 +135,8 @@ impl Gateway {
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let uri: Uri = match format!("http://{}{forward_path}{query}", lease.endpoint.addr).parse()
-        {
+        // Origin form: the connection already goes to the replica; Host passes through.
+        let uri: Uri = match format!("{forward_path}{query}").parse() {
             Ok(u) => u,
             Err(e) => {
                 release();
@@ -204,22 +208,21 @@ impl Gateway {
         sent: Instant,
         now: Instant,
     ) {
-        let name = f.name().to_string();
-        let start = if lease.cold { "cold" } else { "warm" };
-        self.metrics
-            .duration
-            .get_or_create(&StartLabels {
-                function: name.clone(),
-                start,
-            })
-            .observe((now - started).as_secs_f64());
+        if !lease.cold {
+            f.hot.warm.observe((now - started).as_secs_f64());
+        }
         if lease.waited.is_none() {
-            self.metrics
-                .overhead
-                .get_or_create(&label(&name))
-                .observe((sent - started).as_secs_f64());
+            f.hot.overhead.observe((sent - started).as_secs_f64());
         }
         if lease.cold {
+            let name = f.name().to_string();
+            self.metrics
+                .duration
+                .get_or_create(&StartLabels {
+                    function: name.clone(),
+                    start: "cold",
+                })
+                .observe((now - started).as_secs_f64());
             let began = f.cold_start_began.lock().expect("cold start lock").take();
             if let Some(began) = began {
                 self.metrics

@@ -9,7 +9,7 @@ use crate::runtime::local::{LogBuffer, ProcessSpec};
 use crate::runtime::replicas::{ProbeClient, ReplicaSet};
 use crate::spec::Function;
 
-use super::metrics::{label, Metrics};
+use super::metrics::{label, CodeLabels, Metrics, StartLabels};
 use super::scaler::{self, ScaleInput};
 
 /// How long in-flight requests may take to finish before a replica is stopped anyway.
@@ -35,6 +35,15 @@ pub struct FunctionState {
     /// When the cold start in progress began (a request found no replica).
     pub cold_start_began: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
+    /// This function's hot-path metrics, looked up once instead of per request.
+    pub hot: HotMetrics,
+}
+
+/// Per-function metric handles used on every request.
+pub struct HotMetrics {
+    pub ok: prometheus_client::metrics::counter::Counter,
+    pub warm: prometheus_client::metrics::histogram::Histogram,
+    pub overhead: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl FunctionState {
@@ -44,15 +53,39 @@ impl FunctionState {
         logs: Arc<LogBuffer>,
         probe: ProbeClient,
         metrics: Arc<Metrics>,
+        handle: tokio::runtime::Handle,
     ) -> Arc<Self> {
         let name = function.spec.name.clone();
         let grace = drain_grace(&function);
-        let serverless = ReplicaSet::new(spec.clone(), logs.clone(), grace, probe.clone());
+        let serverless = ReplicaSet::new(
+            spec.clone(),
+            logs.clone(),
+            grace,
+            probe.clone(),
+            handle.clone(),
+        );
         let baseline = function.spec.baseline.as_ref().map(|_| {
             let mut spec = spec.clone();
             spec.function = format!("{name}-baseline");
-            ReplicaSet::new(spec, logs.clone(), grace, probe)
+            ReplicaSet::new(spec, logs.clone(), grace, probe, handle)
         });
+        let hot = HotMetrics {
+            ok: metrics
+                .requests
+                .get_or_create(&CodeLabels {
+                    function: name.clone(),
+                    code: 200,
+                })
+                .clone(),
+            warm: metrics
+                .duration
+                .get_or_create(&StartLabels {
+                    function: name.clone(),
+                    start: "warm",
+                })
+                .clone(),
+            overhead: metrics.overhead.get_or_create(&label(&name)).clone(),
+        };
         Arc::new(Self {
             function,
             serverless,
@@ -65,6 +98,7 @@ impl FunctionState {
             epoch: Instant::now(),
             below_since: Mutex::new(None),
             cold_start_began: Mutex::new(None),
+            hot,
             metrics,
         })
     }

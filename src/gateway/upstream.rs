@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -38,10 +39,11 @@ impl Upstream {
     }
 }
 
-/// Idle connections per replica address.
+/// Idle connections per serving thread and replica address: a connection stays on the
+/// thread whose reactor it is registered with.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+    idle: Mutex<HashMap<(ThreadId, SocketAddr), Vec<Upstream>>>,
 }
 
 /// Idle connections kept per replica.
@@ -66,15 +68,17 @@ pub enum UpstreamError {
 
 impl UpstreamPool {
     fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        self.idle.lock().expect("pool lock").get_mut(&addr)?.pop()
+        let key = (std::thread::current().id(), addr);
+        self.idle.lock().expect("pool lock").get_mut(&key)?.pop()
     }
 
     fn put(&self, addr: SocketAddr, up: Upstream) {
         if up.closed || up.sender.is_closed() {
             return;
         }
+        let key = (std::thread::current().id(), addr);
         let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE {
             list.push(up);
         }
@@ -82,7 +86,10 @@ impl UpstreamPool {
 
     /// Forgets every idle connection to `addr` (its replica is gone).
     pub fn forget(&self, addr: SocketAddr) {
-        self.idle.lock().expect("pool lock").remove(&addr);
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .retain(|k, _| k.1 != addr);
     }
 
     async fn connect(addr: SocketAddr) -> Result<Upstream, UpstreamError> {

@@ -65,7 +65,9 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
+    /// Must be called within the runtime that will own warm processes.
     pub fn new(state_dir: &Path) -> Result<Arc<Self>, LocalError> {
+        let handle = tokio::runtime::Handle::current();
         let dir = state_dir.join("runtime");
         let write = |rt| -> Result<PathBuf, LocalError> {
             let (file, text) = shim(rt).expect("python and node have shims");
@@ -83,8 +85,8 @@ impl Runtimes {
         let py = write(Runtime::Python)?;
         let js = write(Runtime::Node)?;
         Ok(Arc::new(Self {
-            python: (py.clone(), WarmPool::new(python(), &py)),
-            node: (js.clone(), WarmPool::new(node(), &js)),
+            python: (py.clone(), WarmPool::new(python(), &py, handle.clone())),
+            node: (js.clone(), WarmPool::new(node(), &js, handle)),
         }))
     }
 
@@ -347,6 +349,8 @@ struct Warm {
 /// loading the handler, not starting the interpreter. One is kept ready; it is replaced as
 /// soon as it is taken.
 pub struct WarmPool {
+    /// Warm processes and their log forwarders belong to this (the gateway's main) runtime.
+    handle: tokio::runtime::Handle,
     program: String,
     shim: PathBuf,
     idle: Mutex<Vec<Warm>>,
@@ -357,8 +361,9 @@ pub struct WarmPool {
 const WARM_SIZE: usize = 1;
 
 impl WarmPool {
-    fn new(program: &str, shim: &Path) -> Arc<Self> {
+    fn new(program: &str, shim: &Path, handle: tokio::runtime::Handle) -> Arc<Self> {
         Arc::new(Self {
+            handle,
             program: program.to_string(),
             shim: shim.to_path_buf(),
             idle: Mutex::default(),
@@ -382,6 +387,7 @@ impl WarmPool {
         if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
+        let _runtime = self.handle.enter();
         let mut idle = self.idle.lock().expect("pool lock");
         while idle.len() < WARM_SIZE {
             let args = [

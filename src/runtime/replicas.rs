@@ -67,6 +67,8 @@ pub struct ReplicaSet {
     next_id: AtomicU64,
     drain_grace: Duration,
     probe: ProbeClient,
+    /// The runtime supervisors run on (not a request-serving worker's).
+    handle: tokio::runtime::Handle,
 }
 
 impl ReplicaSet {
@@ -75,6 +77,7 @@ impl ReplicaSet {
         logs: Arc<LogBuffer>,
         drain_grace: Duration,
         probe: ProbeClient,
+        handle: tokio::runtime::Handle,
     ) -> Arc<Self> {
         Arc::new(Self {
             spec,
@@ -88,6 +91,7 @@ impl ReplicaSet {
             next_id: AtomicU64::new(1),
             drain_grace,
             probe,
+            handle,
         })
     }
 
@@ -139,7 +143,9 @@ impl ReplicaSet {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (stop, stop_rx) = watch::channel(false);
             let set = self.clone();
-            let task = tokio::spawn(async move { set.supervise(id, stop_rx).await });
+            let task = self
+                .handle
+                .spawn(async move { set.supervise(id, stop_rx).await });
             running.push(ReplicaCtl { id, stop, task });
         }
         while (running.len() as u32) > n {
