@@ -52,7 +52,7 @@ SH
 CUBEFLASH_PORT=0 CUBEFLASH_ADMIN_TOKEN=bench "$BIN" -C "$WORK/repo" up > "$WORK/up.log" 2>&1 &
 UP_PID=$!
 for _ in $(seq 100); do grep -q listening "$WORK/up.log" 2>/dev/null && break; sleep 0.1; done
-GW=$(grep -o 'http://[0-9.:]*' "$WORK/up.log" | head -1)
+GW=$(grep -m1 -o 'http://[0-9.:]*' "$WORK/up.log")
 describe() { curl -s -H 'Authorization: Bearer bench' "$GW/system/functions/fixed"; }
 for _ in $(seq 100); do
   d=$(describe)

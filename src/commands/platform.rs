@@ -31,6 +31,7 @@ pub fn up(
 ) -> Result<Outcome> {
     let root = repo_root(dir)?;
     let repo = load(&root)?;
+    raise_fd_limit();
     let state_dir = target::state_dir(&root);
     let (token, fresh) =
         gateway::admin_token(&state_dir).context("failed to read or create the admin token")?;
@@ -72,6 +73,17 @@ pub fn up(
         writeln!(out, "cubeflash gateway stopped")?;
         Ok(Outcome::Success)
     })
+}
+
+/// Every connection and replica pipe is a file descriptor; a default soft limit of 1,024 is
+/// too few for a busy gateway. Raise it to the hard limit, as nginx's worker_rlimit_nofile does.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 async fn shutdown_signal() {
