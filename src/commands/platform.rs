@@ -142,10 +142,42 @@ pub fn deploy(
                 url
             }
         };
-        let functions = admin_get(&client, &url, &token(&root)?, "/system/functions").await?;
+        let functions = wait_ready(&client, &url, &token(&root)?).await?;
         print_urls(out, &url, &functions)?;
         Ok(Outcome::Success)
     })
+}
+
+/// Waits (30 s at most) until every always-on replica (baseline and `scale.min`) is ready,
+/// and returns the functions as the admin API lists them.
+async fn wait_ready(client: &reqwest::Client, url: &str, token: &str) -> Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let functions = admin_get(client, url, token, "/system/functions").await?;
+        let pending: Vec<String> = functions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| {
+                let min = f["scale"]["min"].as_u64().unwrap_or(0);
+                let base = &f["baselineReplicas"];
+                f["failed"].is_null()
+                    && (f["replicas"]["ready"].as_u64().unwrap_or(0) < min
+                        || base["ready"].as_u64() < base["desired"].as_u64())
+            })
+            .filter_map(|f| f["name"].as_str().map(str::to_string))
+            .collect();
+        if pending.is_empty() || std::time::Instant::now() > deadline {
+            if !pending.is_empty() {
+                eprintln!(
+                    "cubeflash: still starting after 30s: {} (see `cubeflash logs <name>`)",
+                    pending.join(", ")
+                );
+            }
+            return Ok(functions);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn brief(summary: &Value) -> String {
