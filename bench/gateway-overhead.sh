@@ -101,13 +101,14 @@ to_ms() { # wrk prints 120.00us / 1.20ms / 1.00s
 wrk -t2 -c"$CONNS" -d2s "$GW/function/fixed" >/dev/null
 wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY_PORT/" >/dev/null
 echo "wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
-printf '%-6s %-10s %12s %10s %10s\n' round target requests/s p50_ms p99_ms
+printf '%-6s %-10s %12s %10s %10s %8s\n' round target requests/s p50_ms p99_ms ratio
 declare -a G N D
 for r in $(seq "$ROUNDS"); do
   read -r g1 g2 g3 < <(run gateway "$GW/function/fixed")
   read -r n1 n2 n3 < <(run nginx "http://127.0.0.1:$PROXY_PORT/")
   read -r d1 d2 d3 < <(run direct "$BACKEND/")
-  printf '%-6s %-10s %12s %10s %10s\n' "$r" cubeflash "$g1" "$g2" "$g3" "$r" nginx "$n1" "$n2" "$n3" "$r" direct "$d1" "$d2" "$d3"
+  ratio=$(awk -v g="$g1" -v n="$n1" 'BEGIN { printf "%.2f", g/n }')
+  printf '%-6s %-10s %12s %10s %10s %8s\n' "$r" cubeflash "$g1" "$g2" "$g3" "$ratio" "$r" nginx "$n1" "$n2" "$n3" "" "$r" direct "$d1" "$d2" "$d3" ""
   G+=("$g1 $g2 $g3"); N+=("$n1 $n2 $n3"); D+=("$d1 $d2 $d3")
 done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

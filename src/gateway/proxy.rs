@@ -30,8 +30,13 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes hop-by-hop headers, including those the Connection header names. One pass over
+/// the (usually few) headers decides whether there is anything to do: this runs twice on
+/// every proxied request.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
