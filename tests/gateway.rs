@@ -640,6 +640,19 @@ fn copy_function(root: &Path, from: &str, to: &str) {
     .unwrap();
 }
 
+/// Fails if any process still runs under `dir` shortly after the gateway stopped.
+fn assert_no_process_under(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = processes_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "orphans left behind: {left:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Processes whose working folder is under `dir`: replicas run in their function's folder.
 fn processes_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -712,12 +725,7 @@ fn sigterm_stops_the_gateway_and_leaves_no_process_behind() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(child.wait().unwrap().success());
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        processes_under(root.path()),
-        Vec::<String>::new(),
-        "orphans left behind"
-    );
+    assert_no_process_under(root.path());
 }
 
 #[test]
@@ -784,12 +792,7 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
 
     let (code, out, _) = run(&["down"]);
     assert_eq!((code, out.trim()), (Some(0), "stopped the local platform"));
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        processes_under(root.path()),
-        Vec::<String>::new(),
-        "orphans left behind"
-    );
+    assert_no_process_under(root.path());
     let (code, _, err) = run(&["invoke", "greet"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot reach the gateway"), "{err}");

@@ -1,15 +1,12 @@
-//! Forwarding one request to one replica, as a reverse proxy should: hop-by-hop headers
-//! dropped both ways, X-Forwarded-* and a call id added, the per-invocation timeout applied,
-//! and the replica's in-flight count held until the response body has been sent.
+//! Header handling for forwarding a request to a replica, as a reverse proxy should:
+//! hop-by-hop headers dropped both ways, X-Forwarded-* added. The connections themselves
+//! are in `upstream`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The body type every gateway response uses.
@@ -74,57 +71,6 @@ pub fn full(bytes: impl Into<Bytes>) -> GatewayBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
-}
-
-/// A replica's response body that runs `on_done` when it has been sent or dropped.
-pub struct TrackedBody<F: FnOnce() + Send + Unpin> {
-    inner: Incoming,
-    on_done: Option<F>,
-}
-
-impl<F: FnOnce() + Send + Unpin> TrackedBody<F> {
-    pub fn new(inner: Incoming, on_done: F) -> Self {
-        Self {
-            inner,
-            on_done: Some(on_done),
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(f) = self.on_done.take() {
-            f();
-        }
-    }
-}
-
-impl<F: FnOnce() + Send + Unpin> Drop for TrackedBody<F> {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl<F: FnOnce() + Send + Unpin> Body for TrackedBody<F> {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.finish();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]
