@@ -231,6 +231,49 @@ fn cold_start_then_warm() {
     }
 }
 
+/// Regression: pooled node replicas exited when the gateway closed their stdin.
+#[test]
+fn node_functions_cold_start_from_the_warm_pool_and_keep_serving() {
+    if !have("node") {
+        eprintln!("SKIP: node is not installed (scripts/test-deps.sh installs it)");
+        return;
+    }
+    let root = temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            "functions/js/function.yaml",
+            "name: js\nruntime: node\nhandler: handler.js\n",
+        ),
+        (
+            "functions/js/handler.js",
+            "exports.handle = async (req) => ({ path: req.path, pid: process.pid });\n",
+        ),
+    ]);
+    let gw = TestGateway::serve(root);
+    for _ in 0..2 {
+        client()
+            .post(gw.url("/system/functions/js/scale"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"replicas": 0}))
+            .send()
+            .unwrap();
+        gw.wait_for("js", "scaled to zero", Duration::from_secs(10), |f| {
+            f["replicas"]["ready"] == 0
+        });
+        let first = client().get(gw.url("/function/js/a")).send().unwrap();
+        assert_eq!(first.status(), 200, "{}", first.text().unwrap());
+        thread::sleep(Duration::from_millis(300));
+        let again: Value = client()
+            .get(gw.url("/function/js/b"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(again["path"], "/b", "the pooled replica is still serving");
+    }
+    assert!(gw.function("js")["failed"].is_null());
+}
+
 #[test]
 fn a_burst_of_50_at_zero_is_one_cold_start_and_50_successes() {
     if skip_without_python() {

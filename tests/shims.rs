@@ -291,7 +291,10 @@ fn pooled_shims_become_the_function_named_on_stdin() {
             "dir": fixtures(runtime),
             "env": { "PORT": port.to_string(), "CUBEFLASH_HANDLER": handler, "CUBEFLASH_BIND": "127.0.0.1", "CUBEFLASH_FUNCTION": "pooled" },
         });
-        writeln!(child.stdin.as_mut().unwrap(), "{job}").unwrap();
+        // As the gateway does: write the job, then close stdin.
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{job}").unwrap();
+        drop(stdin);
         let url = format!("http://127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let text = loop {

@@ -115,16 +115,21 @@ function waitForFunction() {
       buffered += chunk;
       const newline = buffered.indexOf("\n");
       if (newline < 0) return;
+      // The gateway closes stdin once the job is written: stop listening to it at all.
       process.stdin.off("data", onData);
+      process.stdin.off("end", onEnd);
       process.stdin.pause();
+      process.stdin.destroy();
       const job = JSON.parse(buffered.slice(0, newline));
       process.chdir(job.dir);
       Object.assign(process.env, job.env);
       resolve();
     };
+    // Closed before a job came: the gateway is gone.
+    const onEnd = () => process.exit(0);
     process.stdin.setEncoding("utf8");
     process.stdin.on("data", onData);
-    process.stdin.on("end", () => process.exit(0));
+    process.stdin.on("end", onEnd);
   });
 }
 
