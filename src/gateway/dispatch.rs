@@ -127,7 +127,7 @@ impl Gateway {
         // Given back when the response body is done (or the request fails before that).
         let release = move || {
             fs.inflight.fetch_sub(1, Ordering::Relaxed);
-            set.release(&endpoint);
+            set.release(&endpoint, fs.queued.load(Ordering::SeqCst) > 0);
         };
 
         let query = parts
@@ -267,7 +267,7 @@ impl Gateway {
         if let Some(why) = set.failure() {
             return Err(failed(why));
         }
-        if f.queued.fetch_add(1, Ordering::Relaxed) >= self.config.queue_size {
+        if f.queued.fetch_add(1, Ordering::SeqCst) >= self.config.queue_size {
             f.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(Reject {
                 status: StatusCode::TOO_MANY_REQUESTS,

@@ -116,14 +116,19 @@ impl ReplicaSet {
             .iter()
             .filter(|e| limit == 0 || e.inflight.load(Ordering::Relaxed) < limit)
             .min_by_key(|e| e.inflight.load(Ordering::Relaxed))?;
-        best.inflight.fetch_add(1, Ordering::Relaxed);
+        best.inflight.fetch_add(1, Ordering::SeqCst);
         Some(best.clone())
     }
 
-    /// Gives back what `acquire` took, and wakes a waiter that a cap may have held back.
-    pub fn release(&self, endpoint: &Endpoint) {
-        endpoint.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.changed.notify_waiters();
+    /// Gives back what `acquire` took, and wakes waiters that a cap may have held back.
+    /// `waiting` says whether any request is queued: waking takes a lock, which the common
+    /// case (nobody waits) skips. A waiter counts itself before it looks for a replica, so
+    /// either it sees this release's slot or this release sees it (both SeqCst).
+    pub fn release(&self, endpoint: &Endpoint, waiting: bool) {
+        endpoint.inflight.fetch_sub(1, Ordering::SeqCst);
+        if waiting {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Why the set gave up (a crash loop), with the last log lines.
