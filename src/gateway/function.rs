@@ -42,8 +42,8 @@ pub struct FunctionState {
 /// Per-function metric handles used on every request.
 pub struct HotMetrics {
     pub ok: prometheus_client::metrics::counter::Counter,
-    pub warm: prometheus_client::metrics::histogram::Histogram,
-    pub overhead: prometheus_client::metrics::histogram::Histogram,
+    pub warm: super::metrics::LatencyHistogram,
+    pub overhead: super::metrics::LatencyHistogram,
 }
 
 impl FunctionState {

@@ -1,13 +1,15 @@
 //! The gateway's Prometheus metrics (text format through prometheus-client). Gauges that
 //! mirror state (replicas, in flight, queued) are refreshed from that state at scrape time.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,11 +44,81 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type Histograms<L> = Family<L, LatencyHistogram, fn() -> LatencyHistogram>;
 
-fn latency() -> Histogram {
+fn latency() -> LatencyHistogram {
     // 100 µs to ~100 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+    LatencyHistogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// A latency histogram in seconds whose `observe` takes no lock: prometheus-client's own
+/// takes a write lock on every observation, and the gateway observes twice per request
+/// from every serving thread. Bucket counts are atomics; the sum is kept in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram {
+    inner: Arc<LatencyInner>,
+}
+
+#[derive(Debug)]
+struct LatencyInner {
+    /// Upper bounds, the last one +Inf (f64::MAX, as prometheus-client does).
+    bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Vec<f64> = bounds
+            .into_iter()
+            .chain(std::iter::once(f64::MAX))
+            .collect();
+        let counts = bounds.iter().map(|_| AtomicU64::new(0)).collect();
+        Self {
+            inner: Arc::new(LatencyInner {
+                bounds,
+                counts,
+                count: AtomicU64::new(0),
+                sum_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        let i = self
+            .inner
+            .bounds
+            .partition_point(|b| *b < seconds)
+            .min(self.inner.bounds.len() - 1);
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .sum_nanos
+            .fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let i = &self.inner;
+        let buckets: Vec<(f64, u64)> = i
+            .bounds
+            .iter()
+            .zip(&i.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = i.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, i.count.load(Ordering::Relaxed), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Every metric the gateway exports.
@@ -146,5 +218,34 @@ impl Metrics {
 pub fn label(function: &str) -> FunctionLabel {
     FunctionLabel {
         function: function.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histograms_encode_like_prometheus_client_ones() {
+        let mut registry = Registry::default();
+        let ours = LatencyHistogram::new([0.1, 1.0]);
+        let theirs = prometheus_client::metrics::histogram::Histogram::new([0.1, 1.0]);
+        registry.register("ours", "x", ours.clone());
+        registry.register("theirs", "x", theirs.clone());
+        for v in [0.05, 0.1, 0.5, 2.0, 0.25] {
+            ours.observe(v);
+            theirs.observe(v);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let ours_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("ours_")).collect();
+        let theirs_lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("theirs_"))
+            .map(|l| l.replacen("theirs_", "ours_", 1))
+            .collect();
+        assert_eq!(ours_lines, theirs_lines, "{text}");
+        assert!(text.contains("ours_bucket{le=\"0.1\"} 2"), "{text}");
+        assert!(text.contains("ours_bucket{le=\"+Inf\"} 5"), "{text}");
     }
 }
