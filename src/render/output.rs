@@ -119,11 +119,18 @@ fn stage(
         fs::remove_dir_all(staging).map_err(io("remove", staging))?;
     }
     fs::create_dir_all(staging).map_err(io("create", staging))?;
+    // Each folder once: a mkdir per file costs a syscall (and an EEXIST) thousands of times.
+    let folders: BTreeSet<PathBuf> = rendered
+        .files
+        .keys()
+        .filter_map(|rel| Path::new(rel).parent().map(Path::to_path_buf))
+        .collect();
+    for folder in folders {
+        let path = staging.join(folder);
+        fs::create_dir_all(&path).map_err(io("create", &path))?;
+    }
     for (rel, file) in &rendered.files {
         let path = staging.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io("create", parent))?;
-        }
         let same = before.get(rel).is_some_and(|old| *old == file.text);
         if !(same && fs::hard_link(target.join(rel), &path).is_ok()) {
             fs::write(&path, &file.text).map_err(io("write", &path))?;
