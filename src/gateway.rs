@@ -341,6 +341,7 @@ impl Gateway {
                 .map(|f| f.function.spec.runtime),
         );
         let scaler = tokio::spawn(autoscale_loop(self.clone()));
+        let scheduler = tokio::spawn(schedule_loop(self.clone()));
         let workers = std::env::var("CUBEFLASH_WORKERS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -368,6 +369,7 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         scaler.abort();
+        scheduler.abort();
         self.runtimes.shutdown();
         let functions = self.routes().functions();
         let stops = functions.iter().map(|f| f.shutdown());
@@ -453,6 +455,61 @@ async fn autoscale_loop(gateway: Arc<Gateway>) {
                     .get_or_create(&label(f.name()))
                     .inc_by(f64::from(held) * dt);
             }
+        }
+    }
+}
+
+/// Fires schedule triggers: once a second, calls every due function through the gateway
+/// itself, and notes the call in the function's log.
+async fn schedule_loop(gateway: Arc<Gateway>) {
+    use crate::triggers::schedule::{ScheduleKey, Schedules};
+    let client = reqwest::Client::new();
+    let mut schedules = Schedules::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let routes = gateway.routes();
+        let current: Vec<(ScheduleKey, String)> = routes
+            .functions()
+            .iter()
+            .flat_map(|f| {
+                let name = f.name().to_string();
+                f.function
+                    .spec
+                    .schedule_triggers()
+                    .enumerate()
+                    .map(move |(index, t)| {
+                        (
+                            ScheduleKey {
+                                function: name.clone(),
+                                index,
+                                cron: t.cron.clone(),
+                            },
+                            t.body.clone(),
+                        )
+                    })
+            })
+            .collect();
+        for (key, body) in schedules.due(&current, chrono::Utc::now()) {
+            let Some(f) = routes.by_name.get(&key.function).cloned() else {
+                continue;
+            };
+            let request = client
+                .post(format!("{}/function/{}", gateway.url(), key.function))
+                .header("X-Cubeflash-Trigger", "schedule")
+                .body(body);
+            tokio::spawn(async move {
+                let outcome = match request.send().await {
+                    Ok(resp) => resp.status().to_string(),
+                    Err(e) => format!("failed: {e}"),
+                };
+                f.logs.push(format!(
+                    "[{}] cubeflash: schedule {} ({}) fired: {outcome}",
+                    key.function,
+                    key.index + 1,
+                    key.cron
+                ));
+            });
         }
     }
 }

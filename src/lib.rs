@@ -12,3 +12,4 @@ pub mod render;
 pub mod runtime;
 pub mod scaffold;
 pub mod spec;
+pub mod triggers;

@@ -840,3 +840,48 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot reach the gateway"), "{err}");
 }
+
+/// Schedule triggers fire on the local platform (UTC, once per match). Waits for the next
+/// minute boundary, so it takes up to a minute.
+#[test]
+fn schedule_triggers_fire_on_the_local_platform() {
+    if skip_without_python() {
+        return;
+    }
+    let root = temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            "functions/tick/function.yaml",
+            "name: tick\nruntime: python\nhandler: handler.py\ntriggers:\n  - schedule: { cron: \"* * * * *\", body: tick-body }\n",
+        ),
+        (
+            "functions/tick/handler.py",
+            "def handle(req):\n    print('got', req.text, req.headers.get('x-cubeflash-trigger'))\n    return 'ok'\n",
+        ),
+    ]);
+    let gw = TestGateway::serve(root);
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        let logs = gw.admin("/system/functions/tick/logs?lines=50");
+        let lines: Vec<&str> = logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if lines.iter().any(|l| l.contains("got tick-body schedule")) {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("schedule 1 (* * * * *) fired: 200 OK")),
+                "{lines:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the schedule never fired: {lines:?}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}

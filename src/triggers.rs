@@ -1,0 +1,4 @@
+//! Triggers other than HTTP. Only `schedule` runs locally so far; async calls and NATS
+//! queue triggers are still open work.
+
+pub mod schedule;
