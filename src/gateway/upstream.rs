@@ -129,13 +129,21 @@ impl UpstreamPool {
 
     /// Sends `req` to `addr` and returns the response whose body gives the connection back.
     /// A request on a reused connection that the replica had closed is sent again on a new
-    /// one (the body is in memory, and nothing reached the handler).
+    /// one when that is safe (see below); the body is in memory.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
         let (mut up, reused) = self.checkout(addr).await?;
+        let idempotent = matches!(
+            *req.method(),
+            hyper::Method::GET
+                | hyper::Method::HEAD
+                | hyper::Method::OPTIONS
+                | hyper::Method::PUT
+                | hyper::Method::DELETE
+        );
         let retry = reused.then(|| clone_request(&req));
         match exchange(&mut up, req).await {
             Ok(resp) => Ok((
@@ -146,7 +154,13 @@ impl UpstreamPool {
                     pool: self.clone(),
                 },
             )),
-            Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+            // Never sent (canceled), or an idempotent request on a connection the replica had
+            // closed: send it again on a new connection. Anything else may have reached the
+            // handler and is not repeated.
+            Err(e)
+                if e.is_canceled()
+                    || (idempotent && (e.is_closed() || e.is_incomplete_message())) =>
+            {
                 match retry {
                     Some(req) => {
                         let mut fresh = Self::connect(addr).await?;
