@@ -45,9 +45,11 @@ bench-render: release  ## render cost at 100 vs 1,000 functions (see bench/rende
 	bench/render-scale.sh $(RELEASE)
 
 deploy: release   ## bring the example functions up on the local platform and print their URLs
+	@scripts/test-deps.sh --runtimes
 	$(RELEASE) deploy
 
 run: release      ## the local platform in the foreground (Ctrl-C stops it and every replica)
+	@scripts/test-deps.sh --runtimes
 	$(RELEASE) up
 
 stop:             ## stop the local platform that `make deploy` started

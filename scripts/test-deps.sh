@@ -2,6 +2,8 @@
 # Installs what the test suite needs when it is missing: python3 (with venv), node, and
 # kubernetes-validate in a project-local venv under .tools/. Safe to run again: it only
 # installs what is absent. Prints the venv's bin folder on its last line.
+# With --runtimes it only makes sure python3 and node are there (what `make deploy` needs
+# to run the example functions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,7 @@ apt_install() {
 
 command -v python3 >/dev/null || apt_install python3 python3-venv
 command -v node >/dev/null || apt_install nodejs
+[ "${1:-}" = "--runtimes" ] && exit 0
 
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1; then
