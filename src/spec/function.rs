@@ -14,6 +14,8 @@ use super::values::{self, Dur};
 /// are limited to 52 characters.
 pub const MAX_NAME_LEN: usize = 40;
 
+mod triggers;
+
 /// Names that generated/ uses for itself.
 pub const RESERVED_NAMES: &[&str] = &["gateway"];
 
@@ -298,7 +300,7 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
 
     let triggers = f
         .get("triggers")
-        .map(|n| read_triggers(r, n, &mut locs))
+        .map(|n| triggers::read_triggers(r, n, &mut locs))
         .unwrap_or_default();
     let scale = f.get("scale").map(|n| read_scale(r, n)).unwrap_or_default();
     let resources = f
@@ -404,123 +406,6 @@ fn is_identifier(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-}
-
-fn read_triggers(r: &mut Reader, node: &Node, locs: &mut FunctionLocs) -> Vec<Trigger> {
-    let hint = "write a list, e.g.\n  triggers:\n    - http: { path: /quote, methods: [GET] }";
-    let Some(items) = r.sequence(node, "triggers", hint) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("triggers[{i}]");
-        let Some(t) = r.mapping(item, &path, &["http", "schedule", "queue"]) else {
-            continue;
-        };
-        let kinds: Vec<_> = t.entries().map(|(k, _)| k.as_str().to_string()).collect();
-        if kinds.len() != 1 {
-            r.error(item, &path, format!("a trigger has exactly one kind, found {}", kinds.len()), "write each trigger as its own list item: `- http: {...}`, `- schedule: {...}` or `- queue: {...}`");
-            continue;
-        }
-        let trigger = if let Some(n) = t.get("http") {
-            read_http(r, n, &t.path_of("http"), i, locs)
-        } else if let Some(n) = t.get("schedule") {
-            read_schedule(r, n, &t.path_of("schedule"))
-        } else if let Some(n) = t.get("queue") {
-            read_queue(r, n, &t.path_of("queue"))
-        } else {
-            r.error(
-                item,
-                &path,
-                "the trigger is empty",
-                "fill it in, e.g. `- http: { path: /quote }`",
-            );
-            None
-        };
-        out.extend(trigger);
-    }
-    out
-}
-
-fn read_http(
-    r: &mut Reader,
-    node: &Node,
-    path: &str,
-    index: usize,
-    locs: &mut FunctionLocs,
-) -> Option<Trigger> {
-    let f = r.mapping(node, path, &["path", "methods"])?;
-    let p = r.required(&f, "path", "path: /quote")?;
-    let loc = node_loc(p);
-    let route = r.string(p, &f.path_of("path"), "")?;
-    if let Err(why) = values::check_http_path(&route) {
-        r.error(p, &f.path_of("path"), why, "");
-    }
-    let mut methods = Vec::new();
-    if let Some(m) = f.get("methods") {
-        let mpath = f.path_of("methods");
-        for (i, item) in r
-            .sequence(m, &mpath, "write e.g. `methods: [GET, POST]`")
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let ipath = format!("{mpath}[{i}]");
-            if let Some(method) = r.string(item, &ipath, "") {
-                match values::check_method(&method) {
-                    Ok(()) if methods.contains(&method) => r.error(
-                        item,
-                        &ipath,
-                        format!("{method} is listed twice"),
-                        "list each method once",
-                    ),
-                    Ok(()) => methods.push(method),
-                    Err(why) => r.error(item, &ipath, why, ""),
-                }
-            }
-        }
-    }
-    locs.http_paths.push((index, loc));
-    Some(Trigger::Http(HttpTrigger {
-        path: route,
-        methods,
-    }))
-}
-
-fn read_schedule(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
-    let f = r.mapping(node, path, &["cron", "body"])?;
-    let c = r.required(&f, "cron", "cron: \"*/5 * * * *\"")?;
-    let cron = r.string(
-        c,
-        &f.path_of("cron"),
-        "quote the schedule, e.g. cron: \"*/5 * * * *\"",
-    )?;
-    if let Err(why) = values::check_cron(&cron) {
-        r.error(c, &f.path_of("cron"), why, "");
-        return None;
-    }
-    let body = f
-        .get("body")
-        .and_then(|b| {
-            r.scalar_text(
-                b,
-                &f.path_of("body"),
-                "write the body as a string, e.g. body: '{\"kind\": \"tick\"}'",
-            )
-        })
-        .unwrap_or_default();
-    Some(Trigger::Schedule(ScheduleTrigger { cron, body }))
-}
-
-fn read_queue(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
-    let f = r.mapping(node, path, &["subject"])?;
-    let s = r.required(&f, "subject", "subject: quotes.requested")?;
-    let subject = r.string(s, &f.path_of("subject"), "")?;
-    if let Err(why) = values::check_subject(&subject) {
-        r.error(s, &f.path_of("subject"), why, "");
-        return None;
-    }
-    Some(Trigger::Queue(QueueTrigger { subject }))
 }
 
 fn read_scale(r: &mut Reader, node: &Node) -> Scale {
