@@ -17,8 +17,9 @@ use crate::spec::{self, Runtime};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// A check found differences (`render --check`).
-    CheckFailed,
+    /// The command ran, and what it checked or called failed: `render --check` found
+    /// differences, or `invoke` got a non-2xx answer. Exit code 1.
+    Failed,
 }
 
 pub fn run(cli: Cli) -> Result<Outcome> {
@@ -183,7 +184,7 @@ fn render_cmd(out: &mut impl Write, dir: Option<PathBuf>, check: bool) -> Result
             if diffs.len() == 1 { "" } else { "s" },
             diffs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(", ")
         );
-        return Ok(Outcome::CheckFailed);
+        return Ok(Outcome::Failed);
     }
     let summary = output::write_atomically(&root, &rendered)?;
     writeln!(

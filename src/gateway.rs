@@ -151,13 +151,10 @@ impl Gateway {
 
     fn function_state(&self, f: Function) -> Result<Arc<FunctionState>, GatewayError> {
         let spec = local::process_spec(&self.config.root, &self.runtimes, &f)?;
-        let logs = Arc::new(LogBuffer::with_file(
-            &self
-                .config
-                .state_dir
-                .join("logs")
-                .join(format!("{}.log", f.spec.name)),
-        ));
+        let logs = Arc::new(LogBuffer::with_file(&local::log_path(
+            &self.config.state_dir,
+            &f.spec.name,
+        )));
         Ok(FunctionState::new(
             f,
             spec,
@@ -263,6 +260,7 @@ impl Gateway {
                 .get_or_create(&label(&name))
                 .set(i64::from(f.queued.load(Ordering::Relaxed)));
         }
+        self.metrics.upstream_idle.set(self.upstreams.idle() as i64);
         Response::builder()
             .header(
                 hyper::header::CONTENT_TYPE,

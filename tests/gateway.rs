@@ -141,6 +141,24 @@ impl Drop for TestGateway {
     }
 }
 
+/// A repo with one function `name` of `runtime` whose handler (handler.py or handler.js)
+/// is `source`; `extra` is appended to its function.yaml.
+fn one_function(name: &str, runtime: &str, extra: &str, source: &str) -> tempfile::TempDir {
+    let file = if runtime == "node" {
+        "handler.js"
+    } else {
+        "handler.py"
+    };
+    temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            &format!("functions/{name}/function.yaml"),
+            &format!("name: {name}\nruntime: {runtime}\nhandler: {file}\n{extra}"),
+        ),
+        (&format!("functions/{name}/{file}"), source),
+    ])
+}
+
 fn client() -> Client {
     Client::builder()
         .timeout(Duration::from_secs(30))
@@ -238,17 +256,12 @@ fn node_functions_cold_start_from_the_warm_pool_and_keep_serving() {
         eprintln!("SKIP: node is not installed (scripts/test-deps.sh installs it)");
         return;
     }
-    let root = temp_tree(&[
-        ("cubeflash.yaml", "namespace: test\n"),
-        (
-            "functions/js/function.yaml",
-            "name: js\nruntime: node\nhandler: handler.js\n",
-        ),
-        (
-            "functions/js/handler.js",
-            "exports.handle = async (req) => ({ path: req.path, pid: process.pid });\n",
-        ),
-    ]);
+    let root = one_function(
+        "js",
+        "node",
+        "",
+        "exports.handle = async (req) => ({ path: req.path, pid: process.pid });\n",
+    );
     let gw = TestGateway::serve(root);
     for _ in 0..2 {
         client()
@@ -329,12 +342,38 @@ fn scales_up_under_load_then_down_to_zero_after_idle() {
     let pids: std::collections::HashSet<u64> =
         handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(pids.len() >= 2, "requests spread over replicas: {pids:?}");
+    let idle_connections = || -> u64 {
+        let metrics = client()
+            .get(gw.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cubeflash_upstream_idle_connections "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no idle-connection gauge: {metrics}"))
+    };
+    assert!(
+        idle_connections() > 0,
+        "connections to the replicas are pooled"
+    );
     gw.wait_for(
         "fn",
         "back to zero after idle",
         Duration::from_secs(20),
         |f| f["replicas"]["desired"] == 0 && f["replicas"]["ready"] == 0,
     );
+    // Regression: pooled connections to stopped replicas were never closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while idle_connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "connections to stopped replicas stay in the pool"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -373,17 +412,12 @@ fn a_crash_loop_fails_the_function_with_its_last_output() {
     if skip_without_python() {
         return;
     }
-    let root = temp_tree(&[
-        ("cubeflash.yaml", "namespace: test\n"),
-        (
-            "functions/broken/function.yaml",
-            "name: broken\nruntime: python\nhandler: handler.py\n",
-        ),
-        (
-            "functions/broken/handler.py",
-            "raise SystemExit('broken on purpose')\n",
-        ),
-    ]);
+    let root = one_function(
+        "broken",
+        "python",
+        "",
+        "raise SystemExit('broken on purpose')\n",
+    );
     let gw = TestGateway::serve(root);
     let resp = client().get(gw.url("/function/broken")).send().unwrap();
     assert_eq!(resp.status(), 502);
@@ -776,17 +810,7 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
     if skip_without_python() {
         return;
     }
-    let root = temp_tree(&[
-        ("cubeflash.yaml", "namespace: test\n"),
-        (
-            "functions/greet/function.yaml",
-            "name: greet\nruntime: python\nhandler: handler.py\n",
-        ),
-        (
-            "functions/greet/handler.py",
-            "def handle(req):\n    return 'v1'\n",
-        ),
-    ]);
+    let root = one_function("greet", "python", "", "def handle(req):\n    return 'v1'\n");
     let run = |args: &[&str]| {
         // Port 0: the background gateway picks a free port and records it for the other verbs.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
@@ -848,17 +872,7 @@ fn schedule_triggers_fire_on_the_local_platform() {
     if skip_without_python() {
         return;
     }
-    let root = temp_tree(&[
-        ("cubeflash.yaml", "namespace: test\n"),
-        (
-            "functions/tick/function.yaml",
-            "name: tick\nruntime: python\nhandler: handler.py\ntriggers:\n  - schedule: { cron: \"* * * * *\", body: tick-body }\n",
-        ),
-        (
-            "functions/tick/handler.py",
-            "def handle(req):\n    print('got', req.text, req.headers.get('x-cubeflash-trigger'))\n    return 'ok'\n",
-        ),
-    ]);
+    let root = one_function("tick", "python", "triggers:\n  - schedule: { cron: \"* * * * *\", body: tick-body }\n", "def handle(req):\n    print('got', req.text, req.headers.get('x-cubeflash-trigger'))\n    return 'ok'\n");
     let gw = TestGateway::serve(root);
     let deadline = Instant::now() + Duration::from_secs(75);
     loop {

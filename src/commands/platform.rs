@@ -408,7 +408,7 @@ pub fn invoke(
     } else {
         out.flush()?;
         eprintln!("cubeflash: {name} answered {status}");
-        Ok(Outcome::CheckFailed)
+        Ok(Outcome::Failed)
     }
 }
 
@@ -421,9 +421,7 @@ pub fn logs(
     lines: usize,
 ) -> Result<Outcome> {
     let root = repo_root(dir)?;
-    let path = target::state_dir(&root)
-        .join("logs")
-        .join(format!("{name}.log"));
+    let path = crate::runtime::local::log_path(&target::state_dir(&root), name);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "no logs for {name} yet ({} does not exist): has it run?",

@@ -134,6 +134,7 @@ pub struct Metrics {
     pub inflight: Family<FunctionLabel, Gauge>,
     pub queued: Family<FunctionLabel, Gauge>,
     pub replica_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+    pub upstream_idle: Gauge,
 }
 
 impl Default for Metrics {
@@ -150,6 +151,7 @@ impl Default for Metrics {
             inflight: Family::default(),
             queued: Family::default(),
             replica_seconds: Family::default(),
+            upstream_idle: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -201,6 +203,11 @@ impl Default for Metrics {
             "replica_seconds",
             "Compute held: replica-seconds of serverless and baseline replicas (the pay-per-use figure)",
             m.replica_seconds.clone(),
+        );
+        registry.register(
+            "upstream_idle_connections",
+            "Keep-alive connections to replicas waiting in the gateway's pool",
+            m.upstream_idle.clone(),
         );
         Self { registry, ..m }
     }

@@ -123,12 +123,24 @@ async fn autoscale_loop(gateway: Arc<Gateway>) {
     let mut tick = tokio::time::interval(AUTOSCALE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
         let now = Instant::now();
         let dt = (now - last).as_secs_f64();
         last = now;
-        for f in gateway.routes().functions() {
+        let functions = gateway.routes().functions();
+        // About once a second: close pooled connections to replicas that have stopped.
+        if ticks % 10 == 0 {
+            let live: std::collections::HashSet<std::net::SocketAddr> = functions
+                .iter()
+                .flat_map(|f| f.serverless.ready())
+                .map(|e| e.addr)
+                .collect();
+            gateway.upstreams.retain_live(|addr| live.contains(addr));
+        }
+        for f in functions {
             f.autoscale();
             let held = f.serverless.running() + f.baseline.as_ref().map_or(0, |b| b.running());
             if held > 0 {

@@ -84,12 +84,23 @@ impl UpstreamPool {
         }
     }
 
-    /// Forgets every idle connection to `addr` (its replica is gone).
-    pub fn forget(&self, addr: SocketAddr) {
+    /// Drops idle connections to replicas that are gone (`live` says which addresses still
+    /// serve): their sockets would otherwise stay open in the pool for good.
+    pub fn retain_live(&self, live: impl Fn(&SocketAddr) -> bool) {
         self.idle
             .lock()
             .expect("pool lock")
-            .retain(|k, _| k.1 != addr);
+            .retain(|k, _| live(&k.1));
+    }
+
+    /// Idle connections held, over all replicas and serving threads.
+    pub fn idle(&self) -> usize {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     async fn connect(addr: SocketAddr) -> Result<Upstream, UpstreamError> {

@@ -196,6 +196,11 @@ fn node() -> &'static str {
     PATH.get_or_init(|| resolve("node", &["-p", "process.execPath"]))
 }
 
+/// Where a function's output is kept: `<state dir>/logs/<name>.log`.
+pub fn log_path(state_dir: &Path, function: &str) -> PathBuf {
+    state_dir.join("logs").join(format!("{function}.log"))
+}
+
 /// A function's recent output, shared by its replicas.
 #[derive(Debug, Default)]
 pub struct LogBuffer {
