@@ -102,6 +102,15 @@ impl TestGateway {
             .unwrap()
     }
 
+    fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     fn function(&self, name: &str) -> Value {
         self.admin(&format!("/system/functions/{name}"))
     }
@@ -200,12 +209,7 @@ fn cold_start_then_warm() {
         !second.headers().contains_key("x-cubeflash-cold-start"),
         "a warm request carries no cold-start header"
     );
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = gw.metrics();
     assert!(
         metrics.contains("cubeflash_cold_starts_total{function=\"fn\"} 1"),
         "{metrics}"
@@ -235,12 +239,7 @@ fn cold_start_then_warm() {
     // Replica-seconds are accounted by the autoscaler's 100 ms tick.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = client()
-            .get(gw.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = gw.metrics();
         if metrics.contains("cubeflash_replica_seconds_total{function=\"fn\"}") {
             break;
         }
@@ -343,12 +342,7 @@ fn scales_up_under_load_then_down_to_zero_after_idle() {
         handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(pids.len() >= 2, "requests spread over replicas: {pids:?}");
     let idle_connections = || -> u64 {
-        let metrics = client()
-            .get(gw.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = gw.metrics();
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("cubeflash_upstream_idle_connections "))
