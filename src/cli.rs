@@ -120,6 +120,57 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Load-test functions (serverless against their always-on baseline) or any URL, and
+    /// write latency histograms, summary.csv and an HTML report under bench/results/.
+    #[command(after_help = "Examples:\n  cubeflash bench                       run bench/plan.yaml (starts the local platform if needed)\n  cubeflash bench --url http://127.0.0.1:8080/ -c 64 -z 10s\n  cubeflash bench --url http://127.0.0.1:8080/ --rate 2000 -z 10s -c 32")]
+    Bench(BenchArgs),
+}
+
+/// `cubeflash bench` options: a plan, or an ad-hoc run against one URL like oha or hey.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The plan to run (default: bench/plan.yaml in the repo).
+    #[arg(conflicts_with = "url")]
+    pub plan: Option<PathBuf>,
+    /// Benchmark this http:// URL instead of a plan.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Concurrent connections (workers): closed loop, or the pool an open-loop --rate is served from.
+    #[arg(short = 'c', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000), requires = "url")]
+    pub concurrency: u32,
+    /// Stop after this many requests.
+    #[arg(short = 'n', long, requires = "url")]
+    pub requests: Option<u64>,
+    /// Stop after this long (e.g. 10s, 1m; default 10s).
+    #[arg(short = 'z', long, value_parser = parse_duration, requires = "url")]
+    pub duration: Option<std::time::Duration>,
+    /// Open loop: requests per second, each timed from when it was due.
+    #[arg(long, requires = "url")]
+    pub rate: Option<f64>,
+    /// HTTP method.
+    #[arg(short = 'm', long, default_value = "GET", requires = "url")]
+    pub method: String,
+    /// Extra header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", requires = "url")]
+    pub headers: Vec<String>,
+    /// Request body: text, @file, or - for standard input.
+    #[arg(short = 'd', long, requires = "url")]
+    pub data: Option<String>,
+    /// A request with no answer after this long counts as a timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Generator threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where run folders go (default: bench/results in the repo, or ./bench/results).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::spec::values::parse_duration(text)
 }
 
 /// Where the running gateway is.

@@ -1,6 +1,7 @@
 //! What each CLI verb does: calls the library and prints for a person. The only module
 //! (with main.rs) that writes to stdout.
 
+mod bench;
 mod platform;
 
 use std::io::{self, Write};
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             gateway,
         } => platform::scale(&mut out, cli.dir, &name, replicas, gateway),
         Command::Delete { name, gateway } => platform::delete(&mut out, cli.dir, &name, gateway),
+        Command::Bench(args) => bench::bench(&mut out, cli.dir, args),
     }
 }
 

@@ -4,6 +4,7 @@
 //! deploy; and `spec` -> gateway -> runtime.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod deploy;

@@ -15,7 +15,7 @@ use crate::deploy::local as target;
 use crate::gateway::{self, Gateway, GatewayConfig};
 use crate::spec::Target;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +77,7 @@ pub fn up(
 
 /// Every connection and replica pipe is a file descriptor; a default soft limit of 1,024 is
 /// too few for a busy gateway. Raise it to the hard limit, as nginx's worker_rlimit_nofile does.
-fn raise_fd_limit() {
+pub(super) fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < hard {
@@ -95,14 +95,14 @@ async fn shutdown_signal() {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(super) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("http client")
 }
 
-fn token(root: &Path) -> Result<String> {
+pub(super) fn token(root: &Path) -> Result<String> {
     Ok(gateway::admin_token(&target::state_dir(root))
         .context("failed to read the admin token")?
         .0)
@@ -150,7 +150,7 @@ pub fn deploy(
 
 /// Waits (30 s at most) until every always-on replica (baseline and `scale.min`) is ready,
 /// and returns the functions as the admin API lists them.
-async fn wait_ready(client: &reqwest::Client, url: &str, token: &str) -> Result<Value> {
+pub(super) async fn wait_ready(client: &reqwest::Client, url: &str, token: &str) -> Result<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let functions = admin_get(client, url, token, "/system/functions").await?;
@@ -226,7 +226,7 @@ pub fn down(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn gateway_url(root: &Path, args: &GatewayArgs) -> Result<String> {
+pub(super) fn gateway_url(root: &Path, args: &GatewayArgs) -> Result<String> {
     if let Some(url) = &args.gateway {
         return Ok(url.trim_end_matches('/').to_string());
     }
@@ -362,20 +362,7 @@ pub fn invoke(
         Some(u) => u.trim_end_matches('/').to_string(),
         None => gateway_url(&repo_root(dir)?, &args)?,
     };
-    let body = match data.as_deref() {
-        None => None,
-        Some("-") => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("failed to read the body from standard input")?;
-            Some(buf)
-        }
-        Some(d) if d.starts_with('@') => {
-            Some(std::fs::read(&d[1..]).with_context(|| format!("failed to read {}", &d[1..]))?)
-        }
-        Some(d) => Some(d.as_bytes().to_vec()),
-    };
+    let body = read_body(data.as_deref())?;
     let method = method.unwrap_or_else(|| {
         if body.is_some() {
             "POST".into()
@@ -410,6 +397,24 @@ pub fn invoke(
         eprintln!("cubeflash: {name} answered {status}");
         Ok(Outcome::Failed)
     }
+}
+
+/// A request body as `--data` gives it: text, `@file`, or `-` for standard input.
+pub(super) fn read_body(data: Option<&str>) -> Result<Option<Vec<u8>>> {
+    Ok(match data {
+        None => None,
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("failed to read the body from standard input")?;
+            Some(buf)
+        }
+        Some(d) if d.starts_with('@') => {
+            Some(std::fs::read(&d[1..]).with_context(|| format!("failed to read {}", &d[1..]))?)
+        }
+        Some(d) => Some(d.as_bytes().to_vec()),
+    })
 }
 
 /// `cubeflash logs`: reads .cubeflash/logs/<name>.log, so it works with the platform down too.

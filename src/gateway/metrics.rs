@@ -38,6 +38,13 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub function: String,
+    /// serverless or baseline.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub function: String,
     /// ready, starting or baseline.
@@ -133,7 +140,7 @@ pub struct Metrics {
     pub replicas: Family<StateLabels, Gauge>,
     pub inflight: Family<FunctionLabel, Gauge>,
     pub queued: Family<FunctionLabel, Gauge>,
-    pub replica_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+    pub replica_seconds: Family<KindLabels, Counter<f64, AtomicU64>>,
     pub upstream_idle: Gauge,
 }
 

@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use super::metrics::label;
+use super::metrics::KindLabels;
 use super::{Gateway, AUTOSCALE_EVERY};
 
 impl Gateway {
@@ -142,13 +142,20 @@ async fn autoscale_loop(gateway: Arc<Gateway>) {
         }
         for f in functions {
             f.autoscale();
-            let held = f.serverless.running() + f.baseline.as_ref().map_or(0, |b| b.running());
-            if held > 0 {
+            let held = [
+                ("serverless", f.serverless.running()),
+                ("baseline", f.baseline.as_ref().map_or(0, |b| b.running())),
+            ];
+            for (kind, n) in held.into_iter().filter(|(_, n)| *n > 0) {
+                let labels = KindLabels {
+                    function: f.name().to_string(),
+                    kind,
+                };
                 gateway
                     .metrics
                     .replica_seconds
-                    .get_or_create(&label(f.name()))
-                    .inc_by(f64::from(held) * dt);
+                    .get_or_create(&labels)
+                    .inc_by(f64::from(n) * dt);
             }
         }
     }

@@ -312,6 +312,34 @@ impl<'f> Reader<'f> {
         }
     }
 
+    /// A Go-style duration (`500ms`, `30s`, `1m30s`); zero is refused unless `allow_zero`.
+    pub fn duration(
+        &mut self,
+        node: &Node,
+        path: &str,
+        allow_zero: bool,
+        example: &str,
+    ) -> Option<std::time::Duration> {
+        let text = self.scalar_text(node, path, "")?;
+        let key = last_key(path);
+        match super::values::parse_duration(&text) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.error(
+                    node,
+                    path,
+                    format!("{key} must be longer than zero"),
+                    &format!("e.g. `{key}: {example}`"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.error(node, path, why, &format!("e.g. `{key}: {example}`"));
+                None
+            }
+        }
+    }
+
     pub fn sequence<'n>(&mut self, node: &'n Node, path: &str, hint: &str) -> Option<&'n [Node]> {
         match node {
             Node::Sequence(seq) => Some(seq.as_slice()),

@@ -459,30 +459,14 @@ fn read_scale(r: &mut Reader, node: &Node) -> Scale {
 }
 
 fn duration(r: &mut Reader, f: &Fields, key: &str, default: &str) -> Dur {
-    let fallback = || Dur::parse(default).expect("default parses");
-    let Some(n) = f.get(key) else {
-        return fallback();
-    };
-    let path = f.path_of(key);
-    let Some(text) = r.scalar_text(n, &path, "") else {
-        return fallback();
-    };
-    match Dur::parse(&text) {
-        Ok(d) if d.value.is_zero() => {
-            r.error(
-                n,
-                &path,
-                format!("{key} must be longer than zero"),
-                &format!("e.g. `{key}: {default}`"),
-            );
-            fallback()
-        }
-        Ok(d) => d,
-        Err(why) => {
-            r.error(n, &path, why, &format!("e.g. `{key}: {default}`"));
-            fallback()
-        }
-    }
+    f.get(key)
+        .and_then(|n| {
+            let path = f.path_of(key);
+            let value = r.duration(n, &path, false, default)?;
+            let text = r.scalar_text(n, &path, "")?;
+            Some(Dur { text, value })
+        })
+        .unwrap_or_else(|| Dur::parse(default).expect("default parses"))
 }
 
 fn read_resources(r: &mut Reader, node: &Node) -> Resources {

@@ -1,0 +1,371 @@
+//! index.html: a static report of one run, with SVG charts drawn by plotters (latency and
+//! throughput against concurrency, percentile distributions per step, cold starts), the
+//! serverless/baseline ratios per step and the replica-seconds each target held. Reads only
+//! the run's records; writes one file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+
+use super::hist::{self, Latency};
+use super::{Mode, Role, RunResult, StepRecord};
+
+pub const REPORT_FILE: &str = "index.html";
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+type Series = (String, Vec<(f64, f64)>);
+
+/// Writes `<run>/index.html`.
+pub fn write(run: &RunResult) -> std::io::Result<()> {
+    std::fs::write(run.dir.join(REPORT_FILE), html(run))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The whole page.
+pub fn html(run: &RunResult) -> String {
+    let mut page = String::new();
+    let name = run
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _ = write!(
+        page,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>cubeflash bench {name}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#eee}}td:first-child,th:first-child{{text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:1em}}.note{{color:#555}}</style></head><body>\n<h1>cubeflash bench {name}</h1>\n<p class=\"note\">Latencies in milliseconds. <b>closed</b>: N workers each send their next request when the last is answered. <b>open</b>: requests due at a fixed rate, latency counted from the due time (corrected for coordinated omission; the uncorrected figure counts from the actual send). <b>cold</b>: the function scaled to zero before each sample, timed from connect to the last byte; baseline and URL targets are not scaled (first request on a new connection). <b>warmup</b> samples are kept apart. Errors are counted, never mixed into latency. Files: summary.csv, one .hgrm per target and step, run.hlog (HdrHistogram interval log).</p>\n"
+    );
+    closed_section(&mut page, &run.records);
+    ratio_section(&mut page, &run.records);
+    cost_section(&mut page, run);
+    open_section(&mut page, &run.records);
+    cold_section(&mut page, &run.records);
+    summary_table(&mut page, &run.records);
+    page.push_str("</body></html>\n");
+    page
+}
+
+fn closed_section(page: &mut String, records: &[StepRecord]) {
+    let closed: Vec<&StepRecord> = records
+        .iter()
+        .filter(|r| matches!(r.mode, Mode::Closed { .. }))
+        .collect();
+    if closed.is_empty() {
+        return;
+    }
+    let by_target = group(&closed);
+    let conc = |r: &StepRecord| match r.mode {
+        Mode::Closed { concurrency } => f64::from(concurrency),
+        _ => 0.0,
+    };
+    let mut lat: Vec<Series> = Vec::new();
+    let mut rps: Vec<Series> = Vec::new();
+    for (target, recs) in &by_target {
+        let pts = |q: f64| -> Vec<(f64, f64)> {
+            recs.iter()
+                .filter(|r| !r.outcome.latency.is_empty())
+                .map(|r| {
+                    let v = r.outcome.latency.value_at_quantile(q) as f64 / hist::SCALE_TO_MS;
+                    (conc(r), v)
+                })
+                .collect()
+        };
+        lat.push((format!("{target} p50"), pts(0.5)));
+        lat.push((format!("{target} p99"), pts(0.99)));
+        rps.push((target.clone(), recs.iter().map(|r| (conc(r), r.outcome.rps())).collect()));
+    }
+    let max_c = closed.iter().map(|r| conc(r)).fold(1.0, f64::max);
+    page.push_str("<h2>Closed loop: latency and throughput against concurrency</h2>\n<div class=\"charts\">\n");
+    page.push_str(&chart(
+        "p50 and p99 latency",
+        "concurrent requests",
+        "ms",
+        (1.0..max_c.max(2.0)).log_scale(),
+        y_log_range(&lat).log_scale(),
+        &lat,
+    ));
+    let max_rps = rps.iter().flat_map(|s| s.1.iter().map(|p| p.1)).fold(1.0, f64::max);
+    page.push_str(&chart(
+        "throughput",
+        "concurrent requests",
+        "requests/s",
+        (1.0..max_c.max(2.0)).log_scale(),
+        0.0..max_rps * 1.1,
+        &rps,
+    ));
+    page.push_str("</div>\n<h3>Percentile distribution per step</h3>\n<div class=\"charts\">\n");
+    let mut steps: BTreeMap<u32, Vec<&StepRecord>> = BTreeMap::new();
+    for r in &closed {
+        if let Mode::Closed { concurrency } = r.mode {
+            steps.entry(concurrency).or_default().push(r);
+        }
+    }
+    for (c, recs) in steps {
+        let series: Vec<Series> = recs
+            .iter()
+            .map(|r| (r.target.clone(), distribution(&r.outcome.latency)))
+            .collect();
+        page.push_str(&distribution_chart(&format!("concurrency {c}"), &series));
+    }
+    page.push_str("</div>\n");
+}
+
+fn open_section(page: &mut String, records: &[StepRecord]) {
+    let open: Vec<&StepRecord> = records
+        .iter()
+        .filter(|r| matches!(r.mode, Mode::Open { .. }))
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    page.push_str("<h2>Open loop (fixed rate)</h2>\n<table><tr><th>target</th><th>requested/s</th><th>achieved/s</th><th>max start lateness ms</th><th>missed starts</th><th>p50 ms</th><th>p99 ms</th><th>p99 uncorrected ms</th><th>max ms</th><th>errors</th></tr>\n");
+    for r in &open {
+        let s = r.outcome.schedule.unwrap_or_default();
+        let f = hist::figures(&r.outcome.latency);
+        let u = r.outcome.uncorrected.as_ref().map(hist::figures).unwrap_or_default();
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{:.3}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+            esc(&r.target),
+            s.requested_rate,
+            s.achieved_rate,
+            s.max_late.as_secs_f64() * 1000.0,
+            s.missed,
+            f.p50,
+            f.p99,
+            u.p99,
+            f.max,
+            r.outcome.errors.total()
+        );
+    }
+    page.push_str("</table>\n<div class=\"charts\">\n");
+    for r in &open {
+        let mut series = vec![(format!("{} corrected", r.target), distribution(&r.outcome.latency))];
+        if let Some(u) = &r.outcome.uncorrected {
+            series.push((format!("{} uncorrected", r.target), distribution(u)));
+        }
+        let title = match r.mode {
+            Mode::Open { rate } => format!("{} at {} req/s", r.target, super::output::fmt_num(rate)),
+            _ => r.target.clone(),
+        };
+        page.push_str(&distribution_chart(&title, &series));
+    }
+    page.push_str("</div>\n");
+}
+
+fn cold_section(page: &mut String, records: &[StepRecord]) {
+    let cold: Vec<&StepRecord> = records.iter().filter(|r| r.mode == Mode::Cold).collect();
+    if cold.is_empty() {
+        return;
+    }
+    page.push_str("<h2>Cold starts</h2>\n<table><tr><th>target</th><th>kind</th><th>samples</th><th>p50 ms</th><th>p90 ms</th><th>max ms</th><th>errors</th></tr>\n");
+    for r in &cold {
+        let f = hist::figures(&r.outcome.latency);
+        let kind = match r.role {
+            Role::Serverless => "scaled to zero before each sample",
+            _ => "not scaled: first request on a new connection",
+        };
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{kind}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+            esc(&r.target),
+            f.count,
+            f.p50,
+            f.p90,
+            f.max,
+            r.outcome.errors.total()
+        );
+    }
+    page.push_str("</table>\n");
+    let series: Vec<Series> = cold
+        .iter()
+        .map(|r| (r.target.clone(), distribution(&r.outcome.latency)))
+        .collect();
+    page.push_str(&distribution_chart("cold-start distribution", &series));
+}
+
+/// Serverless against baseline, step by step: the price of scaling to zero.
+fn ratio_section(page: &mut String, records: &[StepRecord]) {
+    let mut rows = String::new();
+    for s in records.iter().filter(|r| r.role == Role::Serverless) {
+        let baseline = super::plan::baseline_name(&s.target);
+        let Some(b) = records
+            .iter()
+            .find(|r| r.target == baseline && r.mode == s.mode)
+        else {
+            continue;
+        };
+        let (fs, fb) = (hist::figures(&s.outcome.latency), hist::figures(&b.outcome.latency));
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
+        let _ = writeln!(
+            rows,
+            "<tr><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&s.target),
+            s.mode.name(),
+            s.mode.param(),
+            ratio(fs.p50, fb.p50),
+            ratio(fs.p99, fb.p99),
+            ratio(s.outcome.rps(), b.outcome.rps()),
+        );
+    }
+    if !rows.is_empty() {
+        let _ = write!(
+            page,
+            "<h2>Serverless / baseline, per step</h2>\n<p class=\"note\">Above 1: the serverless path is slower (latency) or faster (throughput) than the always-on baseline.</p>\n<table><tr><th>function</th><th>step</th><th>p50 ratio</th><th>p99 ratio</th><th>throughput ratio</th></tr>\n{rows}</table>\n"
+        );
+    }
+}
+
+fn cost_section(page: &mut String, run: &RunResult) {
+    if run.replica_seconds.is_empty() {
+        return;
+    }
+    page.push_str("<h2>Cost: replica-seconds held during the run</h2>\n<p class=\"note\">The baseline pays for idle time; the serverless target pays in cold starts.</p>\n<table><tr><th>target</th><th>replica-seconds</th></tr>\n");
+    for (t, s) in &run.replica_seconds {
+        let _ = writeln!(page, "<tr><td>{}</td><td>{s:.1}</td></tr>", esc(t));
+    }
+    page.push_str("</table>\n");
+}
+
+fn summary_table(page: &mut String, records: &[StepRecord]) {
+    page.push_str("<h2>All figures</h2>\n<table><tr><th>target</th><th>mode</th><th>step</th><th>requests</th><th>errors</th><th>req/s</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>\n");
+    for r in records {
+        for (mode, h, errors) in r.rows() {
+            let f = hist::figures(h);
+            let rps = if mode == r.mode.name() && r.mode != Mode::Cold {
+                format!("{:.0}", r.outcome.rps())
+            } else {
+                String::new()
+            };
+            let e = if errors.total() > 0 {
+                format!("{} ({})", errors.total(), errors.describe())
+            } else {
+                "0".into()
+            };
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{mode}</td><td>{}</td><td>{}</td><td>{e}</td><td>{rps}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+                esc(&r.target),
+                r.mode.param(),
+                f.count,
+                f.mean,
+                f.p50,
+                f.p90,
+                f.p99,
+                f.p999,
+                f.max
+            );
+        }
+    }
+    page.push_str("</table>\n");
+}
+
+fn group<'a>(records: &[&'a StepRecord]) -> Vec<(String, Vec<&'a StepRecord>)> {
+    let mut out: Vec<(String, Vec<&StepRecord>)> = Vec::new();
+    for r in records {
+        match out.iter_mut().find(|(t, _)| *t == r.target) {
+            Some((_, v)) => v.push(r),
+            None => out.push((r.target.clone(), vec![r])),
+        }
+    }
+    out
+}
+
+/// (1/(1-percentile), ms) points, the x axis HdrHistogram's plotter uses; the 100% point is
+/// left out (it has no finite x).
+fn distribution(h: &Latency) -> Vec<(f64, f64)> {
+    hist::percentile_points(h)
+        .into_iter()
+        .filter(|(q, _)| *q < 1.0)
+        .map(|(q, v)| (1.0 / (1.0 - q), v))
+        .collect()
+}
+
+fn distribution_chart(title: &str, series: &[Series]) -> String {
+    let max_x = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(10.0, f64::max);
+    chart(
+        title,
+        "percentile (1/(1-p): 10 = p90, 100 = p99)",
+        "ms",
+        (1.0..max_x).log_scale(),
+        y_log_range(series).log_scale(),
+        series,
+    )
+}
+
+fn y_log_range(series: &[Series]) -> std::ops::Range<f64> {
+    let ys = || series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+    let lo = ys().fold(f64::INFINITY, f64::min);
+    let hi = ys().fold(0.0, f64::max);
+    let (lo, hi) = if lo.is_finite() && lo > 0.0 {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        (0.01, 1.0)
+    };
+    lo..hi.max(lo * 10.0)
+}
+
+/// One line chart as an inline SVG element.
+fn chart<X, Y>(title: &str, x_label: &str, y_label: &str, x: X, y: Y, series: &[Series]) -> String
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (520, 340)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut c = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(x, y)?;
+            c.configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .label_style(("sans-serif", 11))
+                .draw()?;
+            for (i, (name, pts)) in series.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+                c.draw_series(pts.iter().map(|&p| Circle::new(p, 2, color.filled())))?;
+            }
+            c.configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 11))
+                .draw()?;
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            return format!("<p>chart {} could not be drawn: {}</p>", esc(title), esc(&e.to_string()));
+        }
+    }
+    svg
+}

@@ -1,0 +1,293 @@
+//! `cubeflash bench`: builds the plan (file or `--url`), finds or starts the gateway, runs the
+//! load, and shows it: a live progress bar per step on a terminal, plain lines otherwise, and
+//! a final table. Stops the local platform afterwards only if it started it.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::platform::{self, runtime};
+use super::{load, Outcome};
+use crate::bench::hist;
+use crate::bench::load::{Interval, Observer, Progress};
+use crate::bench::plan::{self, AdHoc, Plan};
+use crate::bench::{self as engine, Expected, GatewayHandle, Mode, StepRecord, Ui};
+use crate::cli::BenchArgs;
+use crate::deploy::local as target;
+use crate::spec;
+
+pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Result<Outcome> {
+    let root = match dir {
+        Some(d) => Some(d),
+        None => std::env::current_dir().ok().and_then(|cwd| spec::find_root(&cwd)),
+    };
+    let plan = build_plan(&args, root.as_deref())?;
+    let results = match (&args.out, &root) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.join("bench/results"),
+        (None, None) => PathBuf::from("bench/results"),
+    };
+    platform::raise_fd_limit();
+    let rt = runtime()?;
+    let mut started_platform = false;
+    let gateway = if plan.uses_functions() {
+        let root = root.as_deref().ok_or(engine::BenchError::NoGateway)?;
+        let url = match &args.gateway.gateway {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => match target::running_pid(root).and(target::recorded_url(root)) {
+                Some(u) => u,
+                None => {
+                    load(root)?;
+                    writeln!(out, "starting the local platform (it will be stopped afterwards)")?;
+                    out.flush()?;
+                    let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
+                    let url = rt.block_on(target::start_background(root, &exe, &platform::client()))?;
+                    started_platform = true;
+                    url
+                }
+            },
+        };
+        let token = platform::token(root)?;
+        Some(GatewayHandle { url, token })
+    } else {
+        None
+    };
+    let result = run(out, &rt, &plan, gateway.as_ref(), &results, &args);
+    if started_platform {
+        if let Some(root) = &root {
+            rt.block_on(target::stop(root, Duration::from_secs(30)));
+            let _ = writeln!(out, "stopped the local platform this run started");
+        }
+    }
+    result
+}
+
+fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
+    if let Some(url) = &args.url {
+        let headers = args
+            .headers
+            .iter()
+            .map(|h| engine::http::parse_header(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = platform::read_body(args.data.as_deref())?.unwrap_or_default();
+        let plan = AdHoc {
+            url: url.clone(),
+            method: args.method.clone(),
+            headers,
+            body,
+            concurrency: args.concurrency,
+            requests: args.requests,
+            duration: args.duration,
+            rate: args.rate,
+            timeout: args.timeout,
+        }
+        .into_plan()
+        .map_err(|d| anyhow::anyhow!("{}", d.message))?;
+        return Ok(Plan {
+            threads: args.threads,
+            ..plan
+        });
+    }
+    let (path, display) = match (&args.plan, root) {
+        (Some(p), _) => (p.clone(), p.clone()),
+        (None, Some(r)) => (r.join(plan::DEFAULT_PLAN), PathBuf::from(plan::DEFAULT_PLAN)),
+        (None, None) => anyhow::bail!("no plan given and no cubeflash.yaml here or above: pass a plan file, or benchmark one URL with `--url http://...`"),
+    };
+    let mut plan = plan::load(&path, &display)?;
+    if args.threads.is_some() {
+        plan.threads = args.threads;
+    }
+    plan.timeout = if args.timeout != Duration::from_secs(10) {
+        args.timeout
+    } else {
+        plan.timeout
+    };
+    Ok(plan)
+}
+
+fn run(
+    out: &mut impl Write,
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    gateway: Option<&GatewayHandle>,
+    results: &Path,
+    args: &BenchArgs,
+) -> Result<Outcome> {
+    if let Some(gw) = gateway {
+        rt.block_on(platform::wait_ready(&platform::client(), &gw.url, &gw.token))?;
+    }
+    let targets = rt.block_on(engine::resolve_targets(plan, gateway))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    rt.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    writeln!(out, "benchmarking {} ({} generator threads)", names.join(", "), threads)?;
+    let mut ui = Screen::new(&mut *out);
+    let run = engine::run(rt, plan, &targets, gateway, results, threads, &cancel, &mut ui)?;
+    drop(ui);
+    table(out, &run.records)?;
+    for (t, s) in &run.replica_seconds {
+        writeln!(out, "replica-seconds held by {t}: {s:.1}")?;
+    }
+    writeln!(
+        out,
+        "report: {}\nresults: {} (also {})",
+        run.dir.join(engine::report::REPORT_FILE).display(),
+        run.dir.display(),
+        results.join(engine::output::LATEST).display()
+    )?;
+    let failed = run
+        .records
+        .iter()
+        .all(|r| r.outcome.latency.is_empty() && r.outcome.errors.total() > 0);
+    Ok(if failed { Outcome::Failed } else { Outcome::Success })
+}
+
+/// The terminal side of a run: a bar per step on a terminal, one line per step otherwise.
+struct Screen<'w, W: Write> {
+    out: &'w mut W,
+    bar: Option<ProgressBar>,
+    label: String,
+    expected: Option<Expected>,
+    terminal: bool,
+}
+
+impl<'w, W: Write> Screen<'w, W> {
+    fn new(out: &'w mut W) -> Self {
+        Self {
+            out,
+            bar: None,
+            label: String::new(),
+            expected: None,
+            terminal: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+impl<W: Write> Observer for Screen<'_, W> {
+    fn progress(&mut self, p: &Progress) {
+        let Some(bar) = &self.bar else { return };
+        let secs = p.elapsed.as_secs_f64();
+        let rps = if secs > 0.0 { p.done as f64 / secs } else { 0.0 };
+        let p99 = p
+            .last_p99_ms
+            .map_or("-".to_string(), |v| format!("{v:.2} ms"));
+        let phase = if p.warming_up { " (warm-up)" } else { "" };
+        bar.set_message(format!(
+            "{} done  {rps:.0} req/s  {} errors  p99 {p99}{phase}",
+            p.done, p.errors
+        ));
+        match self.expected {
+            Some(Expected::Requests(_)) => bar.set_position(p.done),
+            _ => bar.set_position(p.elapsed.as_millis() as u64),
+        }
+    }
+
+    fn interval(&mut self, _interval: &Interval<'_>) {}
+}
+
+impl<W: Write> Ui for Screen<'_, W> {
+    fn step_started(&mut self, label: &str, expected: Expected) {
+        self.label = label.to_string();
+        self.expected = Some(expected);
+        if self.terminal {
+            let len = match expected {
+                Expected::Requests(n) => n,
+                Expected::Duration(d) => d.as_millis() as u64,
+            };
+            let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stdout());
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:<34} [{bar:24}] {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            self.bar = Some(bar);
+        }
+    }
+
+    fn step_finished(&mut self, r: &StepRecord) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let f = hist::figures(&r.outcome.latency);
+        let errors = r.outcome.errors;
+        let mut line = format!(
+            "{:<34} {:>8} ok {:>6} err  p50 {:>8.3}  p99 {:>8.3}  max {:>8.3} ms",
+            format!("{} {} {}", r.target, r.mode.name(), r.mode.param()),
+            f.count,
+            errors.total(),
+            f.p50,
+            f.p99,
+            f.max
+        );
+        if r.mode != Mode::Cold {
+            line.push_str(&format!("  {:>9.0} req/s", r.outcome.rps()));
+        }
+        if let Some(s) = r.outcome.schedule {
+            line.push_str(&format!(
+                "  (asked {:.0}/s, sent {:.1}/s, latest start +{:.1} ms, missed {})",
+                s.requested_rate,
+                s.achieved_rate,
+                s.max_late.as_secs_f64() * 1000.0,
+                s.missed
+            ));
+        }
+        if errors.total() > 0 {
+            line.push_str(&format!("  [{}]", errors.describe()));
+        }
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.out, "{text}");
+    }
+}
+
+/// The final table.
+fn table(out: &mut impl Write, records: &[StepRecord]) -> Result<()> {
+    writeln!(
+        out,
+        "\n{:<28} {:<18} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "target", "mode", "requests", "errors", "req/s", "mean", "p50", "p90", "p99", "max"
+    )?;
+    for r in records {
+        for (mode, h, errors) in r.rows() {
+            let f = hist::figures(h);
+            let rps = if mode == r.mode.name() && r.mode != Mode::Cold {
+                format!("{:.0}", r.outcome.rps())
+            } else {
+                "-".into()
+            };
+            writeln!(
+                out,
+                "{:<28} {:<18} {:>9} {:>7} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                r.target,
+                format!("{mode} {}", r.mode.param()),
+                f.count,
+                errors.total(),
+                rps,
+                f.mean,
+                f.p50,
+                f.p90,
+                f.p99,
+                f.max
+            )?;
+        }
+    }
+    writeln!(out, "(latencies in ms)")?;
+    Ok(())
+}
