@@ -5,7 +5,7 @@ RELEASE  := target/release/cubeflash
 K8S_VERSION ?= 1.33.0
 
 .PHONY: all build release test unit render check validate k8s-validate \
-        deploy bench run stop image bench-render bench-gateway fmt clippy clean
+        deploy bench bench-generator run stop image bench-render bench-gateway fmt clippy clean
 
 all: build
 
@@ -57,13 +57,22 @@ stop:             ## stop the local platform that `make deploy` started
 
 bench-gateway: release  ## gateway overhead vs nginx, cold starts, idle memory (bench/*.sh)
 	bench/gateway-overhead.sh $(RELEASE)
-	bench/cold-start.sh $(RELEASE)
+	python3 bench/cold-start.py $(RELEASE)
 	bench/idle-memory.sh $(RELEASE)
 
-# The load generator (`cubeflash bench`) and the container image are still open work;
-# until they land these targets say so instead of failing obscurely.
-bench image:
-	@echo "make $@: not available yet: \`cubeflash bench\` and the gateway image are open work (see README, 'Status')." >&2; exit 2
+bench: release     ## run bench/plan.yaml: random-quote serverless vs its baseline; report in bench/results/latest/
+	@scripts/test-deps.sh --runtimes
+	$(RELEASE) bench
+
+bench-generator: release  ## the load generator's own ceiling against nginx, beside wrk and oha
+	bench/generator-ceiling.sh $(RELEASE)
+
+IMAGE ?= ghcr.io/cubeflash/cubeflash:0.1.0
+
+image:            ## build the gateway image (Dockerfile) with docker or podman
+	@engine=$$(command -v docker || command -v podman) || { \
+	  echo "make image: needs docker or podman, and neither is installed here (no container engine runs on the development machines: the Dockerfile is reviewed there and built elsewhere)" >&2; exit 2; }; \
+	$$engine build -t $(IMAGE) .
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs when it is missing: python3 (with venv), node, and
+# Installs what the test suite needs when it is missing: python3 (with venv), node, java with
+# HdrHistogram's jar (the reference the bench outputs are checked against), and
 # kubernetes-validate in a project-local venv under .tools/. Safe to run again: it only
 # installs what is absent. Prints the venv's bin folder on its last line.
 # With --runtimes it only makes sure python3 and node are there (what `make deploy` needs
@@ -29,6 +30,12 @@ apt_install() {
 command -v python3 >/dev/null || apt_install python3 python3-venv
 command -v node >/dev/null || apt_install nodejs
 [ "${1:-}" = "--runtimes" ] && exit 0
+
+# HdrHistogram's Java reference (HistogramLogProcessor): the bench tests check our .hgrm
+# and .hlog against it.
+if ! command -v java >/dev/null || [ ! -f /usr/share/java/hdrhistogram.jar ]; then
+  apt_install default-jre-headless libhdrhistogram-java
+fi
 
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1; then

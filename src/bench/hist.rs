@@ -25,7 +25,10 @@ pub fn new() -> Latency {
 /// Records one latency, in microseconds (at least 1: a zero would say "not measured").
 #[inline]
 pub fn record(h: &mut Latency, micros: u64) {
-    h.saturating_record(micros.max(1));
+    // Not saturating_record: that clamps to the current range instead of growing it.
+    if h.record(micros.max(1)).is_err() {
+        h.saturating_record(micros.max(1));
+    }
 }
 
 /// Adds `from` into `into`; both are auto-resizing, so this cannot fail for want of range.
@@ -169,13 +172,25 @@ mod tests {
         assert_eq!(last.split_whitespace().count(), 3, "{last}");
         assert!(last.contains(" 1.000000000000 "), "{last}");
         let footer = &lines[lines.len() - 3..];
-        assert!(footer[0].starts_with("#[Mean    =        5.000, StdDeviation   =        2.88"));
+        assert!(footer[0].starts_with("#[Mean    =        5.00"), "{}", footer[0]);
+        assert!(footer[0].contains("StdDeviation   =        2.88"), "{}", footer[0]);
         assert_eq!(
             footer[1],
             "#[Max     =       10.007, Total count    =        10000]"
         );
         assert!(footer[2].starts_with("#[Buckets = "));
         assert!(footer[2].ends_with("SubBuckets     =         2048]"));
+    }
+
+    #[test]
+    fn latencies_beyond_the_first_bucket_are_kept_not_clamped() {
+        // saturating_record would have clamped 5 s to the histogram's first range (2,047 µs).
+        let mut h = new();
+        record(&mut h, 100);
+        record(&mut h, 5_000_000);
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= 4_990_000, "max {}", h.max());
+        assert_eq!(h.min(), 100);
     }
 
     #[test]

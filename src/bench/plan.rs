@@ -87,7 +87,7 @@ pub enum PlanError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the bench plan has problems:\n{0}")]
+    #[error("the bench plan has problems:\n{}", .0.report("nothing was run"))]
     Invalid(Diagnostics),
 }
 
@@ -344,6 +344,19 @@ fn check_names(r: &mut Reader, root: &Node, plan: &Plan) {
             }
         }
     }
+}
+
+/// The plan used when a repo has no bench/plan.yaml: every function (with its baseline, when
+/// it has one), a closed-loop sweep, two open-loop rates and cold starts.
+pub fn default_plan_text(functions: &[String]) -> String {
+    let mut text = String::from("# built in: no bench/plan.yaml in this repo\ntargets:\n");
+    for f in functions {
+        text.push_str(&format!("  - function: {f}\n"));
+    }
+    text.push_str(
+        "steps:\n  - closed: {concurrency: [1, 2, 4, 8, 16, 32, 64, 128], duration: 3s, warmup: 500ms}\n  - open: {rate: [50, 200], duration: 5s, connections: 32}\n  - cold: {samples: 10}\n",
+    );
+    text
 }
 
 pub fn baseline_name(target: &str) -> String {

@@ -98,7 +98,18 @@ fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
         (None, Some(r)) => (r.join(plan::DEFAULT_PLAN), PathBuf::from(plan::DEFAULT_PLAN)),
         (None, None) => anyhow::bail!("no plan given and no cubeflash.yaml here or above: pass a plan file, or benchmark one URL with `--url http://...`"),
     };
-    let mut plan = plan::load(&path, &display)?;
+    let mut plan = match root {
+        Some(root) if args.plan.is_none() && !path.exists() => {
+            let repo = load(root)?;
+            let names: Vec<String> = repo.functions.iter().map(|f| f.spec.name.clone()).collect();
+            if names.is_empty() {
+                anyhow::bail!("no bench/plan.yaml and no functions to benchmark: `cubeflash new NAME` adds one, or pass a plan, or `--url`");
+            }
+            let file = spec::SourceFile::new("(built-in plan)", plan::default_plan_text(&names));
+            plan::decode_text(&file)?
+        }
+        _ => plan::load(&path, &display)?,
+    };
     if args.threads.is_some() {
         plan.threads = args.threads;
     }

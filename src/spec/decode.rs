@@ -385,8 +385,10 @@ impl<'f> Reader<'f> {
     }
 }
 
+/// The last key of a path, without a list index: `steps[0].closed.concurrency[1]` -> `concurrency`.
 fn last_key(path: &str) -> &str {
-    path.rsplit('.').next().unwrap_or(path)
+    let key = path.rsplit('.').next().unwrap_or(path);
+    key.split('[').next().unwrap_or(key)
 }
 
 /// The allowed key a mistyped one most likely meant, ignoring case, `_` and `-`.

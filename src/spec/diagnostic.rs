@@ -149,17 +149,25 @@ impl Diagnostics {
     }
 }
 
-impl fmt::Display for Diagnostics {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Diagnostics {
+    /// Every problem, then `N problems found; {consequence}`.
+    pub fn report(&self, consequence: &str) -> String {
+        let mut out = String::new();
         for diagnostic in &self.0 {
-            writeln!(f, "{diagnostic}")?;
+            out.push_str(&format!("{diagnostic}\n"));
         }
         let n = self.0.len();
-        write!(
-            f,
-            "{n} problem{} found; nothing was rendered or deployed",
+        out.push_str(&format!(
+            "{n} problem{} found; {consequence}",
             if n == 1 { "" } else { "s" }
-        )
+        ));
+        out
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.report("nothing was rendered or deployed"))
     }
 }
 

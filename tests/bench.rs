@@ -1,0 +1,409 @@
+//! `cubeflash bench` as a user runs it: the real binary against real servers on loopback
+//! (a test server with a known delay, one that freezes once, one that answers errors), and
+//! its outputs read back (summary.csv, .hgrm checked line by line against HdrHistogram's own
+//! Java HistogramLogProcessor, the interval log decoded to the recorded counts).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{cubeflash, text};
+
+/// What the test server does with a request path: (status, delay before answering).
+type Behaviour = Arc<dyn Fn(&str) -> (u16, Duration) + Send + Sync>;
+
+/// A keep-alive HTTP/1.1 server on 127.0.0.1, a thread per connection.
+struct TestServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestServer {
+    fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let behaviour = behaviour.clone();
+                thread::spawn(move || serve(conn, behaviour));
+            }
+        });
+        Self { port, stop }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(conn: TcpStream, behaviour: Behaviour) {
+    let _ = conn.set_nodelay(true);
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+        }
+        let (status, delay) = behaviour(&path);
+        thread::sleep(delay);
+        let body = "ok\n";
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `cubeflash bench` with `args` into a fresh results folder; returns the run folder.
+fn bench(args: &[&str]) -> (tempfile::TempDir, PathBuf, String) {
+    let out = tempfile::tempdir().unwrap();
+    let results = out.path().join("results");
+    let mut all = vec!["bench", "--out", results.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = cubeflash(out.path(), &all);
+    let stdout = text(&o.stdout);
+    assert!(
+        o.status.success(),
+        "bench failed: {}\n{stdout}",
+        text(&o.stderr)
+    );
+    let run = std::fs::canonicalize(results.join("latest")).unwrap();
+    (out, run, stdout)
+}
+
+type Row = BTreeMap<String, String>;
+
+fn summary(run: &Path) -> Vec<Row> {
+    let mut r = csv::Reader::from_path(run.join("summary.csv")).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn row<'a>(rows: &'a [Row], mode: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r["mode"] == mode)
+        .unwrap_or_else(|| panic!("no {mode} row in {rows:?}"))
+}
+
+fn num(r: &Row, col: &str) -> f64 {
+    r[col].parse().unwrap_or_else(|_| panic!("{col} = {:?}", r[col]))
+}
+
+#[test]
+fn p50_against_a_fixed_delay_is_right_within_a_millisecond() {
+    let server = TestServer::start(Arc::new(|_| (200, Duration::from_millis(20))));
+    let (_tmp, run, stdout) = bench(&["--url", &server.url("/"), "-c", "4", "-n", "200"]);
+    let rows = summary(&run);
+    let closed = row(&rows, "closed");
+    assert_eq!(closed["target"], "url");
+    assert_eq!(closed["concurrency"], "4");
+    assert_eq!(num(closed, "requests"), 200.0);
+    assert_eq!(num(closed, "errors"), 0.0);
+    let p50 = num(closed, "p50_ms");
+    assert!((20.0..21.0).contains(&p50), "p50 {p50} ms for a 20 ms server");
+    // Four workers, 20 ms each: about 200 requests/s.
+    let rps = num(closed, "rps");
+    assert!((120.0..205.0).contains(&rps), "rps {rps}");
+    assert!(stdout.contains("report: "), "{stdout}");
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    assert!(html.contains("<svg"), "the report has charts");
+}
+
+#[test]
+fn summary_csv_has_the_documented_columns() {
+    let server = TestServer::start(Arc::new(|_| (200, Duration::ZERO)));
+    let (_tmp, run, _) = bench(&["--url", &server.url("/"), "-c", "2", "-n", "50"]);
+    let mut r = csv::Reader::from_path(run.join("summary.csv")).unwrap();
+    let headers: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(
+        &headers[..13],
+        &[
+            "target",
+            "mode",
+            "concurrency",
+            "rate",
+            "requests",
+            "errors",
+            "rps",
+            "mean_ms",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "p99_9_ms",
+            "max_ms"
+        ]
+    );
+    for rec in r.records() {
+        assert_eq!(rec.unwrap().len(), headers.len());
+    }
+}
+
+#[test]
+fn errors_are_classified_and_kept_out_of_latency() {
+    let n = Arc::new(Mutex::new(0u32));
+    let server = TestServer::start(Arc::new(move |_| {
+        let mut n = n.lock().unwrap();
+        *n += 1;
+        match *n % 4 {
+            0 => (429, Duration::ZERO),
+            1 => (503, Duration::ZERO),
+            2 => (404, Duration::ZERO),
+            _ => (200, Duration::from_millis(30)),
+        }
+    }));
+    let (_tmp, run, _) = bench(&["--url", &server.url("/"), "-c", "1", "-n", "40"]);
+    let rows = summary(&run);
+    let closed = row(&rows, "closed");
+    assert_eq!(num(closed, "requests"), 10.0, "only the 200s have a latency");
+    assert_eq!(num(closed, "errors"), 30.0);
+    assert_eq!(num(closed, "errors_429"), 10.0);
+    assert_eq!(num(closed, "errors_502_504"), 10.0);
+    assert_eq!(num(closed, "errors_4xx"), 10.0);
+    // The fast error answers would have pulled the latency down had they been mixed in.
+    assert!(num(closed, "p50_ms") >= 30.0, "{closed:?}");
+}
+
+#[test]
+fn open_loop_shows_a_server_stall_in_the_corrected_histogram_only() {
+    // The server freezes for 500 ms once, about a second into the run.
+    let first = Arc::new(Mutex::new(None::<Instant>));
+    let frozen_until = Arc::new(Mutex::new(None::<Instant>));
+    let server = TestServer::start(Arc::new(move |_| {
+        let now = Instant::now();
+        let start = *first.lock().unwrap().get_or_insert(now);
+        let mut until = frozen_until.lock().unwrap();
+        if until.is_none() && now.duration_since(start) > Duration::from_secs(1) {
+            *until = Some(now + Duration::from_millis(500));
+        }
+        let wait = until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        (200, wait)
+    }));
+    let (_tmp, run, stdout) = bench(&[
+        "--url",
+        &server.url("/"),
+        "--rate",
+        "200",
+        "-z",
+        "3s",
+        "-c",
+        "4",
+    ]);
+    let rows = summary(&run);
+    let corrected = row(&rows, "open");
+    let uncorrected = row(&rows, "open-uncorrected");
+    assert_eq!(corrected["rate"], "200");
+    // Requests due during the stall waited for it: their latency counts from the due time.
+    assert!(num(corrected, "max_ms") >= 450.0, "{corrected:?}");
+    assert!(num(corrected, "p99_ms") >= 300.0, "{corrected:?}");
+    // Many requests carry part of it: the stall moves even the 90th percentile...
+    assert!(num(corrected, "p90_ms") >= 50.0, "{corrected:?}");
+    // ...while the uncorrected view, timed from the late send, hides it but for the few
+    // requests in flight when it began.
+    assert!(num(uncorrected, "p90_ms") < 20.0, "{uncorrected:?}");
+    assert!(num(uncorrected, "max_ms") >= 400.0, "{uncorrected:?}");
+    // Whether the generator kept up is reported.
+    assert!(num(corrected, "achieved_rate") > 150.0, "{corrected:?}");
+    assert!(num(corrected, "max_late_ms") >= 300.0, "{corrected:?}");
+    assert!(stdout.contains("asked 200/s"), "{stdout}");
+}
+
+#[test]
+fn the_interval_log_decodes_to_the_recorded_counts_and_java_agrees_with_the_hgrm() {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    let server = TestServer::start(Arc::new(|_| (200, Duration::from_millis(1))));
+    let (_tmp, run, _) = bench(&["--url", &server.url("/"), "-c", "3", "-z", "2500ms"]);
+    let rows = summary(&run);
+    let recorded = num(row(&rows, "closed"), "requests") as u64;
+    let log = std::fs::read(run.join("run.hlog")).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("#[Histogram log format version 1.3]"));
+    let mut total = 0u64;
+    let mut intervals = 0;
+    let mut de = Deserializer::new();
+    for entry in IntervalLogIterator::new(&log) {
+        if let LogEntry::Interval(h) = entry.expect("every log line parses") {
+            assert_eq!(h.tag().map(|t| t.as_str()), Some("url/closed/c3"));
+            let bytes = base64_decode(h.encoded_histogram());
+            let hist: hdrhistogram::Histogram<u64> =
+                de.deserialize(&mut bytes.as_slice()).unwrap();
+            total += hist.len();
+            intervals += 1;
+        }
+    }
+    assert_eq!(total, recorded, "the intervals hold every recorded latency");
+    assert!(intervals >= 2, "a 2.5 s run at 1 s intervals has 3 intervals");
+
+    // HdrHistogram's Java HistogramLogProcessor reads the log and prints the same distribution.
+    let jar = Path::new("/usr/share/java/hdrhistogram.jar");
+    if !jar.exists() || !common::have("java") {
+        eprintln!("SKIPPED the Java cross-check: java or /usr/share/java/hdrhistogram.jar is missing (scripts/test-deps.sh installs default-jre-headless and libhdrhistogram-java)");
+        return;
+    }
+    let out = run.join("java");
+    let status = Command::new("java")
+        .args(["-cp", jar.to_str().unwrap(), "org.HdrHistogram.HistogramLogProcessor"])
+        .args(["-i", run.join("run.hlog").to_str().unwrap()])
+        .args(["-tag", "url/closed/c3", "-outputValueUnitRatio", "1000"])
+        .args(["-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text_of(&status.stderr));
+    let java = std::fs::read_to_string(run.join("java.hgrm")).unwrap();
+    // The processor adds two comment lines of its own on top.
+    let java: Vec<&str> = java.lines().filter(|l| !l.starts_with("#[Overall") && !l.starts_with("#[StartTime")).collect();
+    let ours = std::fs::read_to_string(run.join("url_closed_c3.hgrm")).unwrap();
+    let ours: Vec<&str> = ours.lines().collect();
+    assert_eq!(ours.len(), java.len(), "ours:\n{}\njava:\n{}", ours.join("\n"), java.join("\n"));
+    for (i, (a, b)) in ours.iter().zip(&java).enumerate() {
+        assert_eq!(a, b, "line {} differs", i + 1);
+    }
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn an_unreachable_target_fails_fast_with_a_clear_message() {
+    let port = common::free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let o = cubeflash(
+        tmp.path(),
+        &["bench", "--url", &format!("http://127.0.0.1:{port}/"), "-z", "30s"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("cannot reach target url"), "{err}");
+    assert!(err.contains("is it running?"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_bad_plan_gets_located_errors_and_no_results() {
+    let tmp = common::temp_tree(&[(
+        "plan.yaml",
+        "targets:\n  - url: http://127.0.0.1:1/\n    methd: GET\nsteps:\n  - closed: {concurrency: [1, 0]}\n",
+    )]);
+    let o = cubeflash(tmp.path(), &["bench", "plan.yaml", "--out", "results"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("plan.yaml:3:5"), "{err}");
+    assert!(err.contains("did you mean `method`"), "{err}");
+    assert!(err.contains("steps[0].closed.concurrency[1]"), "{err}");
+    assert!(!tmp.path().join("results").exists(), "nothing written");
+}
+
+#[test]
+fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
+    if !common::have("python3") {
+        eprintln!("SKIPPED: python3 is missing (scripts/test-deps.sh installs it)");
+        return;
+    }
+    let repo = common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: demo\n"),
+        (
+            "functions/fast/function.yaml",
+            "name: fast\nruntime: python\nhandler: handler.py\nscale: {min: 0, max: 2, idle: 30s}\nbaseline: {replicas: 1}\n",
+        ),
+        ("functions/fast/handler.py", "def handle(req):\n    return 'hi'\n"),
+        (
+            "bench/plan.yaml",
+            "targets:\n  - function: fast\nsteps:\n  - closed: {concurrency: [1, 2], requests: 30, warmup: 200ms}\n  - open: {rate: 40, duration: 1s, connections: 2}\n  - cold: {samples: 2}\n",
+        ),
+    ]);
+    let o = cubeflash(repo.path(), &["bench"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    assert!(stdout.contains("starting the local platform"), "{stdout}");
+    assert!(stdout.contains("stopped the local platform this run started"), "{stdout}");
+    assert!(
+        common::text(&std::fs::read(repo.path().join(".cubeflash/gateway.log")).unwrap_or_default())
+            .contains("listening"),
+        "the platform ran"
+    );
+    assert!(!repo.path().join(".cubeflash/gateway.pid").exists(), "and was stopped");
+    let run = std::fs::canonicalize(repo.path().join("bench/results/latest")).unwrap();
+    let rows = summary(&run);
+    let find = |target: &str, mode: &str, param: (&str, &str)| {
+        rows.iter()
+            .find(|r| r["target"] == target && r["mode"] == mode && r[param.0] == param.1)
+            .unwrap_or_else(|| panic!("no {target} {mode} {param:?} row in {rows:?}"))
+    };
+    // Interleaved: every step ran for both the serverless target and its baseline.
+    for target in ["fast", "fast-baseline"] {
+        for c in ["1", "2"] {
+            let r = find(target, "closed", ("concurrency", c));
+            assert_eq!(num(r, "requests") + num(r, "errors"), 30.0, "{r:?}");
+            find(target, "closed-warmup", ("concurrency", c));
+        }
+        find(target, "open", ("rate", "40"));
+        let cold = find(target, "cold", ("rate", ""));
+        assert_eq!(num(cold, "requests"), 2.0, "{cold:?}");
+    }
+    // Scaled to zero before each sample, the serverless first request pays a process start.
+    let cold = find("fast", "cold", ("rate", ""));
+    let warm = find("fast-baseline", "cold", ("rate", ""));
+    assert!(num(cold, "p50_ms") > num(warm, "p50_ms"), "{cold:?} vs {warm:?}");
+    assert!(stdout.contains("replica-seconds held by fast-baseline"), "{stdout}");
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    for part in ["Serverless / baseline", "Cold starts", "replica-seconds", "<svg"] {
+        assert!(html.contains(part), "index.html lacks {part:?}");
+    }
+    let order: Vec<String> = rows
+        .iter()
+        .filter(|r| r["mode"] == "closed")
+        .map(|r| format!("{} c{}", r["target"], r["concurrency"]))
+        .collect();
+    assert_eq!(order, ["fast c1", "fast-baseline c1", "fast c2", "fast-baseline c2"]);
+}
