@@ -64,22 +64,41 @@ pub enum Command {
         #[arg(long, env = "CUBEFLASH_PORT")]
         port: Option<u16>,
     },
-    /// Bring the repo's functions up on the target (local: start or reload the platform).
+    /// Bring the repo's functions up on the target (local: start or reload the platform;
+    /// kubernetes: server-side apply generated/, prune, wait for rollouts).
     Deploy {
-        /// local or kubernetes (default: target in cubeflash.yaml).
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Kubernetes: let the API server validate everything and store nothing.
         #[arg(long)]
-        target: Option<String>,
+        dry_run: bool,
+        /// Kubernetes: do not wait for Deployments to roll out.
+        #[arg(long)]
+        no_wait: bool,
+        /// Kubernetes: how long to wait for rollouts.
+        #[arg(long, default_value = "3m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// Kubernetes: take over fields another field manager (kubectl, another tool) owns.
+        #[arg(long)]
+        force_conflicts: bool,
     },
     /// Stop the local platform that `deploy` started.
     Down,
     /// List functions with replicas, requests in flight and URLs.
     #[command(visible_alias = "ls")]
-    List(GatewayArgs),
+    List {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Show one function in detail (JSON).
     Describe {
         name: String,
         #[command(flatten)]
         gateway: GatewayArgs,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Call a function through the gateway and print its answer.
     Invoke {
@@ -113,12 +132,15 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
-    /// Remove a function from the running platform (drains and stops its replicas).
+    /// Remove a function from the running platform (drains and stops its replicas), or
+    /// delete its objects from the cluster (--target kubernetes).
     #[command(visible_aliases = ["rm", "remove"])]
     Delete {
         name: String,
         #[command(flatten)]
         gateway: GatewayArgs,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Load-test functions (serverless against their always-on baseline) or any URL, and
     /// write latency histograms, summary.csv and an HTML report under bench/results/.
@@ -171,6 +193,17 @@ pub struct BenchArgs {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::spec::values::parse_duration(text)
+}
+
+/// Which target a verb works on.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TargetArgs {
+    /// local or kubernetes (default: `target` in cubeflash.yaml).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Kubernetes: the kubeconfig context to use (default: the current one).
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 /// Where the running gateway is.

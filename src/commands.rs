@@ -2,6 +2,7 @@
 //! (with main.rs) that writes to stdout.
 
 mod bench;
+mod kubernetes;
 mod platform;
 
 use std::io::{self, Write};
@@ -36,12 +37,38 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Validate => validate(&mut out, cli.dir),
         Command::Render { check } => render_cmd(&mut out, cli.dir, check),
         Command::Up { bind, port } => platform::up(&mut out, cli.dir, bind, port),
-        Command::Deploy { target } => platform::deploy(&mut out, cli.dir, target),
-        Command::Down => platform::down(&mut out, cli.dir),
-        Command::List(g) => platform::list(&mut out, cli.dir, g),
-        Command::Describe { name, gateway } => {
-            platform::describe(&mut out, cli.dir, &name, gateway)
+        Command::Deploy {
+            target,
+            dry_run,
+            no_wait,
+            timeout,
+            force_conflicts,
+        } => {
+            let root = repo_root(cli.dir)?;
+            if kubernetes::wants(&root, &target)? {
+                let options = crate::deploy::kubernetes::ApplyOptions {
+                    dry_run,
+                    force_conflicts,
+                    wait: (!no_wait).then_some(timeout),
+                };
+                kubernetes::deploy(&mut out, &root, &target, options)
+            } else {
+                platform::deploy(&mut out, Some(root))
+            }
         }
+        Command::Down => platform::down(&mut out, cli.dir),
+        Command::List { gateway, target } => match kubernetes::root_if_wanted(cli.dir.clone(), &target)? {
+            Some(root) => kubernetes::list(&mut out, &root, &target),
+            None => platform::list(&mut out, cli.dir, gateway),
+        },
+        Command::Describe {
+            name,
+            gateway,
+            target,
+        } => match kubernetes::root_if_wanted(cli.dir.clone(), &target)? {
+            Some(root) => kubernetes::describe(&mut out, &root, &target, &name),
+            None => platform::describe(&mut out, cli.dir, &name, gateway),
+        },
         Command::Invoke {
             name,
             data,
@@ -59,7 +86,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             replicas,
             gateway,
         } => platform::scale(&mut out, cli.dir, &name, replicas, gateway),
-        Command::Delete { name, gateway } => platform::delete(&mut out, cli.dir, &name, gateway),
+        Command::Delete {
+            name,
+            gateway,
+            target,
+        } => match kubernetes::root_if_wanted(cli.dir.clone(), &target)? {
+            Some(root) => kubernetes::delete(&mut out, &root, &target, &name),
+            None => platform::delete(&mut out, cli.dir, &name, gateway),
+        },
         Command::Bench(args) => bench::bench(&mut out, cli.dir, args),
     }
 }

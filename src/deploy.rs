@@ -1,4 +1,4 @@
-//! Sending the repo to a target. Only the local target exists so far: it starts the local
-//! platform in the background, or makes the running one reload.
+//! Deploy targets: the embedded local platform, and a Kubernetes cluster.
 
+pub mod kubernetes;
 pub mod local;

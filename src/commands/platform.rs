@@ -13,7 +13,6 @@ use super::{load, repo_root, Outcome};
 use crate::cli::GatewayArgs;
 use crate::deploy::local as target;
 use crate::gateway::{self, Gateway, GatewayConfig};
-use crate::spec::Target;
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -108,23 +107,10 @@ pub(super) fn token(root: &Path) -> Result<String> {
         .0)
 }
 
-/// `cubeflash deploy`: local target only, so far.
-pub fn deploy(
-    out: &mut impl Write,
-    dir: Option<PathBuf>,
-    target_arg: Option<String>,
-) -> Result<Outcome> {
+/// `cubeflash deploy` to the local target.
+pub fn deploy(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
     let root = repo_root(dir)?;
-    let repo = load(&root)?;
-    let target_kind = match target_arg.as_deref() {
-        None => repo.project.target,
-        Some("local") => Target::Local,
-        Some("kubernetes") => Target::Kubernetes,
-        Some(other) => bail!("unknown target {other:?}: use local or kubernetes"),
-    };
-    if target_kind == Target::Kubernetes {
-        bail!("the kubernetes target is not implemented yet: `cubeflash render` writes generated/, which `kubectl apply -R -f generated/` can apply meanwhile");
-    }
+    load(&root)?;
     let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
     let rt = runtime()?;
     rt.block_on(async {

@@ -1,0 +1,140 @@
+//! The verbs against a Kubernetes cluster: deploy (apply, prune, wait), list, describe and
+//! delete. Chosen by `--target kubernetes`, or by `target: kubernetes` in cubeflash.yaml.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use super::platform::runtime;
+use super::{load, repo_root, Outcome};
+use crate::cli::TargetArgs;
+use crate::deploy::kubernetes::{self as kube_target, manifests, ApplyOptions};
+use crate::render::{self, output, GENERATED_DIR};
+use crate::spec::Target;
+
+/// Whether the verb goes to the cluster: `--target`, else cubeflash.yaml's `target`.
+pub fn wants(root: &Path, args: &TargetArgs) -> Result<bool> {
+    Ok(match args.target.as_deref() {
+        Some("kubernetes") => true,
+        Some("local") => false,
+        Some(other) => bail!("unknown target {other:?}: use local or kubernetes"),
+        None => load(root)?.project.target == Target::Kubernetes,
+    })
+}
+
+/// The repo root when the verb goes to the cluster; None for the local platform.
+pub fn root_if_wanted(dir: Option<PathBuf>, args: &TargetArgs) -> Result<Option<PathBuf>> {
+    if args.target.is_none() && args.context.is_none() {
+        // Without a repo (e.g. only --gateway given), the verb is for the local platform.
+        let Ok(root) = repo_root(dir) else {
+            return Ok(None);
+        };
+        return Ok(wants(&root, args)?.then_some(root));
+    }
+    if args.context.is_some() && args.target.is_none() {
+        return Ok(Some(repo_root(dir)?));
+    }
+    let root = repo_root(dir)?;
+    Ok(wants(&root, args)?.then_some(root))
+}
+
+/// `cubeflash deploy --target kubernetes`.
+pub fn deploy(out: &mut impl Write, root: &Path, args: &TargetArgs, options: ApplyOptions) -> Result<Outcome> {
+    let repo = load(root)?;
+    let rendered = render::render(&repo)?;
+    let diffs = output::diff(root, &rendered)?;
+    if !diffs.is_empty() {
+        bail!(
+            "{GENERATED_DIR}/ is out of date ({} file{} differ: {}): run `cubeflash render`, review and commit the result, then deploy; nothing was sent to the cluster",
+            diffs.len(),
+            if diffs.len() == 1 { "" } else { "s" },
+            diffs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let desired = manifests::load(root)?;
+    let namespace = repo.project.namespace.clone();
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let (client, url) = kube_target::connect(args.context.as_deref()).await?;
+        let dry = if options.dry_run { " (server-side dry run: nothing is stored)" } else { "" };
+        writeln!(out, "deploying {} objects to {url}, namespace {namespace}{dry}", desired.len())?;
+        let mut progress = |line: &str| {
+            let _ = writeln!(out, "  {line}");
+            let _ = out.flush();
+        };
+        let summary = kube_target::apply(client, &url, &namespace, &desired, options, &mut progress).await?;
+        Ok::<_, anyhow::Error>(summary)
+    })?;
+    writeln!(
+        out,
+        "{}applied {}, pruned {}, rolled out {}",
+        if options.dry_run { "dry run: would have " } else { "" },
+        summary.applied.len(),
+        summary.pruned.len(),
+        summary.rolled_out.len()
+    )?;
+    if !options.dry_run {
+        writeln!(out, "the gateway: kubectl -n {namespace} port-forward svc/{} 8080:{}", render::context::GATEWAY_NAME, repo.project.gateway.port)?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// `cubeflash list --target kubernetes`.
+pub fn list(out: &mut impl Write, root: &Path, args: &TargetArgs) -> Result<Outcome> {
+    let namespace = load(root)?.project.namespace;
+    let functions = runtime()?.block_on(async {
+        let (client, url) = kube_target::connect(args.context.as_deref()).await?;
+        Ok::<_, anyhow::Error>(kube_target::functions(client, &url, &namespace).await?)
+    })?;
+    writeln!(out, "{:<24} {:>8} {:>8} {:>16}", "NAME", "READY", "DESIRED", "BASELINE READY")?;
+    for f in &functions {
+        let baseline = match f["baselineReplicas"].as_object() {
+            Some(b) => format!("{}/{}", b["ready"], b["desired"]),
+            None => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<24} {:>8} {:>8} {:>16}",
+            f["name"].as_str().unwrap_or("?"),
+            f["replicas"]["ready"],
+            f["replicas"]["desired"],
+            baseline
+        )?;
+    }
+    if functions.is_empty() {
+        writeln!(out, "(no functions in namespace {namespace}: `cubeflash deploy --target kubernetes`)")?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// `cubeflash describe NAME --target kubernetes`: replicas and recent scale events.
+pub fn describe(out: &mut impl Write, root: &Path, args: &TargetArgs, name: &str) -> Result<Outcome> {
+    let namespace = load(root)?.project.namespace;
+    let value = runtime()?.block_on(async {
+        let (client, url) = kube_target::connect(args.context.as_deref()).await?;
+        let all = kube_target::functions(client.clone(), &url, &namespace).await?;
+        let Some(mut f) = all.into_iter().find(|f| f["name"] == name) else {
+            return Err(kube_target::KubeError::NoSuchFunction { name: name.into(), namespace: namespace.clone() }.into());
+        };
+        f["events"] = serde_json::Value::Array(kube_target::recent_events(client, &url, &namespace, name, 10).await?);
+        Ok::<_, anyhow::Error>(f)
+    })?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    Ok(Outcome::Success)
+}
+
+/// `cubeflash delete NAME --target kubernetes`.
+pub fn delete(out: &mut impl Write, root: &Path, args: &TargetArgs, name: &str) -> Result<Outcome> {
+    let namespace = load(root)?.project.namespace;
+    runtime()?.block_on(async {
+        let (client, url) = kube_target::connect(args.context.as_deref()).await?;
+        let mut progress = |line: &str| {
+            let _ = writeln!(out, "  {line}");
+        };
+        kube_target::delete_function(client, &url, &namespace, name, &mut progress).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    writeln!(out, "deleted {name} from namespace {namespace}; remove functions/{name}/ and render, or the next deploy brings it back")?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,552 @@
+//! The Kubernetes target through kube's own client against an in-process fake API server
+//! that records every request (method, path, query, content type, body) and keeps the
+//! objects it is sent: a first deploy, a re-deploy that prunes and changes, a dry run, RBAC
+//! refusals, conflicts, an unreachable server, a stale generated/, and delete.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{cubeflash, text};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+    content_type: String,
+    body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// Collection path -> name -> object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    seen: Vec<Seen>,
+    /// Refuse this method on this resource plural with 403.
+    forbid: Option<(String, String)>,
+    /// Answer PATCH of this object name with 409.
+    conflict: Option<String>,
+    version: u64,
+}
+
+struct FakeApi {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+const RESOURCES: &[(&str, &str, &str, bool)] = &[
+    ("v1", "namespaces", "Namespace", false),
+    ("v1", "serviceaccounts", "ServiceAccount", true),
+    ("v1", "configmaps", "ConfigMap", true),
+    ("v1", "secrets", "Secret", true),
+    ("v1", "services", "Service", true),
+    ("v1", "pods", "Pod", true),
+    ("v1", "events", "Event", true),
+    ("apps/v1", "deployments", "Deployment", true),
+    ("batch/v1", "cronjobs", "CronJob", true),
+    ("batch/v1", "jobs", "Job", true),
+    ("rbac.authorization.k8s.io/v1", "roles", "Role", true),
+    ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", true),
+    ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", true),
+    ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", true),
+];
+
+impl FakeApi {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = state.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            state,
+            _rt: rt,
+        }
+    }
+
+    /// A kubeconfig with one context, `fake`, pointing here.
+    fn kubeconfig(&self, dir: &Path) -> std::path::PathBuf {
+        kubeconfig_for(dir, &format!("http://127.0.0.1:{}", self.port))
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    fn clear_seen(&self) {
+        self.state.lock().unwrap().seen.clear();
+    }
+
+    fn names(&self, collection: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(collection)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn object_count(&self) -> usize {
+        self.state.lock().unwrap().objects.values().map(BTreeMap::len).sum()
+    }
+}
+
+fn kubeconfig_for(dir: &Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{server}\"}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{token: test-token}}\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    respond(
+        StatusCode::from_u16(code).unwrap(),
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message}),
+    )
+}
+
+async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), urldecode(v))
+        })
+        .collect();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut st = state.lock().unwrap();
+    st.seen.push(Seen {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type,
+        body: body.clone(),
+    });
+    // Discovery.
+    for gv in ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "networking.k8s.io/v1"] {
+        let prefix = if gv == "v1" { "/api/v1".to_string() } else { format!("/apis/{gv}") };
+        if path == prefix && method == Method::GET {
+            let resources: Vec<Value> = RESOURCES
+                .iter()
+                .filter(|r| r.0 == gv)
+                .map(|r| json!({"name": r.1, "singularName": "", "kind": r.2, "namespaced": r.3, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}))
+                .collect();
+            return respond(StatusCode::OK, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}));
+        }
+    }
+    // Objects: <prefix>/namespaces[/<ns>/<plural>][/<name>]
+    let (prefix, rest) = match path.strip_prefix("/api/v1/") {
+        Some(r) => ("/api/v1".to_string(), r.to_string()),
+        None => {
+            let p: Vec<&str> = path.trim_start_matches("/apis/").splitn(3, '/').collect();
+            if p.len() < 3 {
+                return status(404, "NotFound", "no such path");
+            }
+            (format!("/apis/{}/{}", p[0], p[1]), p[2].to_string())
+        }
+    };
+    let segs: Vec<&str> = rest.split('/').collect();
+    let (collection, name, plural) = match segs.as_slice() {
+        ["namespaces"] => (format!("{prefix}/namespaces"), None, "namespaces"),
+        ["namespaces", n] => (format!("{prefix}/namespaces"), Some(n.to_string()), "namespaces"),
+        ["namespaces", ns, plural] => (format!("{prefix}/namespaces/{ns}/{plural}"), None, *plural),
+        ["namespaces", ns, plural, n] => (format!("{prefix}/namespaces/{ns}/{plural}"), Some(n.to_string()), *plural),
+        _ => return status(404, "NotFound", "no such path"),
+    };
+    if let Some((m, p)) = &st.forbid {
+        if *m == method.as_str() && p == plural {
+            let ns = segs.get(1).copied().unwrap_or("");
+            return status(403, "Forbidden", &format!("{plural} is forbidden: User \"dev\" cannot {} resource \"{plural}\" in API group \"\" in the namespace \"{ns}\"", method.as_str().to_lowercase()));
+        }
+    }
+    // Patches carry dryRun in the query, deletes in their DeleteOptions body: the real API
+    // server honours both.
+    let dry = query.get("dryRun").is_some_and(|v| v == "All") || body["dryRun"] == json!(["All"]);
+    match (method, name) {
+        (Method::PATCH, Some(name)) => {
+            if st.conflict.as_deref() == Some(name.as_str()) && query.get("force").is_none_or(|f| f != "true") {
+                return status(409, "Conflict", "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using apps/v1: .spec.template.spec.containers[name=\"function\"].env");
+            }
+            st.version += 1;
+            let mut obj = body.clone();
+            obj["metadata"]["resourceVersion"] = json!(st.version.to_string());
+            obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+            if plural == "deployments" {
+                let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+                obj["status"] = json!({
+                    "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas,
+                    "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "rolled out"}]
+                });
+            }
+            if !dry {
+                st.objects.entry(collection).or_default().insert(name, obj.clone());
+            }
+            respond(StatusCode::OK, &obj)
+        }
+        (Method::GET, Some(name)) => match st.objects.get(&collection).and_then(|m| m.get(&name)) {
+            Some(o) => respond(StatusCode::OK, o),
+            None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+        },
+        (Method::GET, None) => {
+            let selector = query.get("labelSelector").cloned().unwrap_or_default();
+            let field = query.get("fieldSelector").cloned().unwrap_or_default();
+            let items: Vec<Value> = st
+                .objects
+                .get(&collection)
+                .map(|m| m.values().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| {
+                    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        o["metadata"]["labels"][k] == v
+                    }) && field
+                        .strip_prefix("metadata.name=")
+                        .is_none_or(|n| o["metadata"]["name"] == n)
+                })
+                .collect();
+            respond(StatusCode::OK, &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": st.version.to_string()}, "items": items}))
+        }
+        (Method::DELETE, Some(name)) => {
+            let found = st.objects.get(&collection).is_some_and(|m| m.contains_key(&name));
+            if !found {
+                return status(404, "NotFound", &format!("{plural} \"{name}\" not found"));
+            }
+            if !dry {
+                st.objects.get_mut(&collection).unwrap().remove(&name);
+            }
+            respond(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}))
+        }
+        _ => status(405, "MethodNotAllowed", "not in the fake"),
+    }
+}
+
+fn urldecode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+const HANDLER: &str = "def handle(req):\n    return 'hi'\n";
+
+/// A rendered repo with functions `a` (with a baseline) and `b`.
+fn repo() -> tempfile::TempDir {
+    let dir = common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: demo\n"),
+        ("functions/a/function.yaml", "name: a\nruntime: python\nhandler: handler.py\nenv: {GREETING: hello}\nbaseline: {replicas: 1}\n"),
+        ("functions/a/handler.py", HANDLER),
+        ("functions/b/function.yaml", "name: b\nruntime: python\nhandler: handler.py\n"),
+        ("functions/b/handler.py", HANDLER),
+    ]);
+    let o = cubeflash(dir.path(), &["render"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    dir
+}
+
+fn deploy(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["deploy", "--target", "kubernetes", "--timeout", "10s"];
+    args.extend_from_slice(extra);
+    std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(&args)
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap()
+}
+
+fn writes(seen: &[Seen]) -> Vec<&Seen> {
+    seen.iter().filter(|s| s.method == "PATCH" || s.method == "DELETE").collect()
+}
+
+const NS: &str = "/api/v1/namespaces/demo";
+const APPS: &str = "/apis/apps/v1/namespaces/demo";
+
+#[test]
+fn a_first_deploy_applies_generated_in_dependency_order_as_the_cubeflash_field_manager() {
+    let api = FakeApi::start();
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    let o = deploy(dir.path(), &kc, &[]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    let seen = api.seen();
+    let patches: Vec<&Seen> = seen.iter().filter(|s| s.method == "PATCH").collect();
+    let files = common::snapshot(&dir.path().join("generated"));
+    assert_eq!(patches.len(), files.len(), "one apply per generated file");
+    for p in &patches {
+        assert_eq!(p.query.get("fieldManager").map(String::as_str), Some("cubeflash"), "{p:?}");
+        assert!(p.query.get("force").is_none(), "no force without --force-conflicts: {p:?}");
+        assert!(p.query.get("dryRun").is_none());
+        assert_eq!(p.content_type, "application/apply-patch+yaml");
+    }
+    // Every body is exactly the rendered file.
+    for (path, bytes) in &files {
+        let file: Value = serde_yaml::from_slice(bytes).unwrap();
+        let name = file["metadata"]["name"].as_str().unwrap();
+        let kind = file["kind"].as_str().unwrap();
+        let sent = patches
+            .iter()
+            .find(|p| p.body["kind"] == kind && p.body["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{} was not applied", path.display()));
+        assert_eq!(sent.body, file, "{}", path.display());
+    }
+    // Dependency order: the namespace first, RBAC before what runs, Deployments before Services.
+    let order: Vec<String> = patches.iter().map(|p| p.body["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(order[0], "Namespace");
+    let first = |k: &str| order.iter().position(|x| x == k).unwrap();
+    let last = |k: &str| order.iter().rposition(|x| x == k).unwrap();
+    assert!(last("ServiceAccount") < first("Role") && last("RoleBinding") < first("ConfigMap"));
+    assert!(last("ConfigMap") < first("Deployment") && last("Deployment") < first("Service"));
+    assert_eq!(patches[0].path, "/api/v1/namespaces/demo");
+    assert!(patches.iter().any(|p| p.path == format!("{APPS}/deployments/a")));
+    // Nothing to prune on a first deploy, and it waited for what has replicas.
+    assert!(seen.iter().all(|s| s.method != "DELETE"));
+    assert!(stdout.contains("rolled out Deployment/a-baseline"), "{stdout}");
+    assert!(stdout.contains("rolled out Deployment/cubeflash-gateway"), "{stdout}");
+    assert!(!stdout.contains("rolled out Deployment/a\n"), "a scales from zero: {stdout}");
+    assert_eq!(api.names(&format!("{APPS}/deployments")), ["a", "a-baseline", "b", "cubeflash-gateway"]);
+}
+
+#[test]
+fn a_redeploy_prunes_a_removed_function_and_applies_a_changed_one_without_its_replicas() {
+    let api = FakeApi::start();
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    assert!(deploy(dir.path(), &kc, &[]).status.success());
+    std::fs::remove_dir_all(dir.path().join("functions/b")).unwrap();
+    std::fs::write(
+        dir.path().join("functions/a/function.yaml"),
+        "name: a\nruntime: python\nhandler: handler.py\nenv: {GREETING: bonjour}\nbaseline: {replicas: 1}\n",
+    )
+    .unwrap();
+    assert!(cubeflash(dir.path(), &["render"]).status.success());
+    api.clear_seen();
+    let o = deploy(dir.path(), &kc, &["--no-wait"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    let seen = api.seen();
+    let deleted: Vec<String> = seen.iter().filter(|s| s.method == "DELETE").map(|s| s.path.clone()).collect();
+    assert_eq!(
+        deleted,
+        [format!("{NS}/services/b"), format!("{APPS}/deployments/b"), format!("{NS}/configmaps/b-code")],
+        "b's objects, users first"
+    );
+    assert!(seen.iter().all(|s| !(s.method == "PATCH" && s.path.ends_with("/b"))), "b is not applied again");
+    let a = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == format!("{APPS}/deployments/a"))
+        .unwrap();
+    assert!(a.body.to_string().contains("bonjour"), "the change is sent");
+    assert!(a.body["spec"].get("replicas").is_none(), "the gateway owns a live function's replicas: {}", a.body["spec"]);
+    let baseline = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == format!("{APPS}/deployments/a-baseline"))
+        .unwrap();
+    assert_eq!(baseline.body["spec"]["replicas"], 1, "the baseline keeps its count");
+    // Listing for the prune used the managed-by label.
+    assert!(seen.iter().any(|s| s.method == "GET"
+        && s.path == format!("{APPS}/deployments")
+        && s.query.get("labelSelector").map(String::as_str) == Some("app.kubernetes.io/managed-by=cubeflash")));
+    assert_eq!(api.names(&format!("{APPS}/deployments")), ["a", "a-baseline", "cubeflash-gateway"]);
+    assert!(stdout.contains("pruned Deployment/b"), "{stdout}");
+    assert!(seen.iter().all(|s| !s.query.contains_key("watch")), "--no-wait does not wait");
+}
+
+#[test]
+fn a_dry_run_sends_every_change_as_a_server_dry_run_and_nothing_is_stored() {
+    let api = FakeApi::start();
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    assert!(deploy(dir.path(), &kc, &[]).status.success());
+    std::fs::remove_dir_all(dir.path().join("functions/b")).unwrap();
+    assert!(cubeflash(dir.path(), &["render"]).status.success());
+    let before = api.object_count();
+    api.clear_seen();
+    let o = deploy(dir.path(), &kc, &["--dry-run"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    let seen = api.seen();
+    let w = writes(&seen);
+    assert!(w.iter().any(|s| s.method == "DELETE") && w.iter().any(|s| s.method == "PATCH"));
+    for s in &w {
+        let dry = match s.method.as_str() {
+            "DELETE" => s.body["dryRun"] == json!(["All"]),
+            _ => s.query.get("dryRun").map(String::as_str) == Some("All"),
+        };
+        assert!(dry, "{} {} is not a dry run: {:?} {}", s.method, s.path, s.query, s.body);
+    }
+    assert_eq!(api.object_count(), before, "nothing changed");
+    assert!(stdout.contains("dry run"), "{stdout}");
+}
+
+#[test]
+fn a_forbidden_request_names_the_verb_resource_and_namespace() {
+    let api = FakeApi::start();
+    api.state.lock().unwrap().forbid = Some(("PATCH".into(), "deployments".into()));
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    let o = deploy(dir.path(), &kc, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("the cluster refused to patch deployments in namespace demo"), "{err}");
+    assert!(err.contains("kubectl auth can-i patch deployments -n demo"), "{err}");
+}
+
+#[test]
+fn a_conflict_with_another_field_manager_is_explained_and_force_takes_over() {
+    let api = FakeApi::start();
+    api.state.lock().unwrap().conflict = Some("a".into());
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    let o = deploy(dir.path(), &kc, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("Deployment/a: fields are owned by another field manager"), "{err}");
+    assert!(err.contains("--force-conflicts"), "{err}");
+    api.clear_seen();
+    let o = deploy(dir.path(), &kc, &["--force-conflicts"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let seen = api.seen();
+    let a = seen.iter().find(|s| s.method == "PATCH" && s.path == format!("{APPS}/deployments/a")).unwrap();
+    assert_eq!(a.query.get("force").map(String::as_str), Some("true"));
+}
+
+#[test]
+fn an_unreachable_api_server_fails_within_the_connect_timeout() {
+    let dir = repo();
+    let port = common::free_port();
+    let kc = kubeconfig_for(dir.path(), &format!("http://127.0.0.1:{port}"));
+    let started = Instant::now();
+    let o = deploy(dir.path(), &kc, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains(&format!("cannot reach the Kubernetes API server at http://127.0.0.1:{port}")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn no_cluster_configured_says_how_to_get_one() {
+    let dir = repo();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["deploy", "--target", "kubernetes"])
+        .current_dir(dir.path())
+        .env("KUBECONFIG", dir.path().join("missing"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("no Kubernetes cluster is configured"), "{err}");
+}
+
+#[test]
+fn a_stale_generated_tree_is_refused_before_any_request() {
+    let api = FakeApi::start();
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    std::fs::write(dir.path().join("functions/b/handler.py"), "def handle(req):\n    return 'changed'\n").unwrap();
+    let o = deploy(dir.path(), &kc, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("generated/ is out of date"), "{}", text(&o.stderr));
+    assert!(api.seen().is_empty(), "nothing reached the server");
+}
+
+#[test]
+fn delete_removes_one_functions_objects_and_list_shows_replicas() {
+    let api = FakeApi::start();
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    assert!(deploy(dir.path(), &kc, &[]).status.success());
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("KUBECONFIG", &kc)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["ls", "--target", "kubernetes"]);
+    let listed = text(&list.stdout);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(listed.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["a", "0", "0", "1/1"]), "{listed}");
+    api.clear_seen();
+    let o = run(&["rm", "a", "--target", "kubernetes"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let deleted: Vec<String> = api.seen().iter().filter(|s| s.method == "DELETE").map(|s| s.path.clone()).collect();
+    assert_eq!(deleted.len(), 5, "{deleted:?}");
+    assert!(deleted.contains(&format!("{APPS}/deployments/a-baseline")));
+    assert_eq!(api.names(&format!("{APPS}/deployments")), ["b", "cubeflash-gateway"]);
+    let again = run(&["rm", "a", "--target", "kubernetes"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("no function named \"a\" in namespace demo"));
+}
