@@ -21,6 +21,7 @@ test:             ## everything CI checks: fmt, clippy, tests, generated/ up to 
 	  $(CARGO) clippy --all-targets -- -D warnings && \
 	  $(CARGO) build && \
 	  $(CARGO) test && \
+	  $(CARGO) test -q --test e2e_kubernetes -- --nocapture 2>&1 | grep -E 'SKIPPED|test result' && \
 	  $(BIN) render --check && \
 	  $$tools/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $$(find generated -name '*.yaml' | sort) && \
 	  echo "make test: all checks passed"

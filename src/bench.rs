@@ -221,14 +221,20 @@ pub async fn resolve_targets(
                 baseline,
             } => {
                 let gw = gateway.ok_or(BenchError::NoGateway)?;
-                let info = admin_call(&client, gw, reqwest::Method::GET, &format!("/system/functions/{name}"), None)
-                    .await
-                    .map_err(|e| match e {
-                        BenchError::Admin { detail, .. } if detail.contains("404") => {
-                            BenchError::UnknownFunction(name.clone())
-                        }
-                        e => e,
-                    })?;
+                let info = admin_call(
+                    &client,
+                    gw,
+                    reqwest::Method::GET,
+                    &format!("/system/functions/{name}"),
+                    None,
+                )
+                .await
+                .map_err(|e| match e {
+                    BenchError::Admin { detail, .. } if detail.contains("404") => {
+                        BenchError::UnknownFunction(name.clone())
+                    }
+                    e => e,
+                })?;
                 let url = format!("{}/function/{name}{path}", gw.url);
                 out.push(ResolvedTarget {
                     name: t.name.clone(),
@@ -263,19 +269,33 @@ pub async fn resolve_targets(
     Ok(out)
 }
 
-/// Runs every step of the plan against every target, interleaved, and writes the results
-/// under `results`. Call it outside any async runtime: it blocks, and uses `rt` for the
-/// admin API.
+/// Where and how a run happens, besides its plan and targets.
+pub struct Session<'a> {
+    /// For the admin API; [`run`] blocks, so it must be called outside any runtime.
+    pub rt: &'a tokio::runtime::Runtime,
+    pub gateway: Option<&'a GatewayHandle>,
+    /// The folder run folders go into (bench/results).
+    pub results: &'a std::path::Path,
+    /// Generator threads, unless the plan says.
+    pub threads: usize,
+    /// Set to stop the run early.
+    pub cancel: &'a Arc<AtomicBool>,
+}
+
+/// Runs every step of the plan against every target, interleaved, and writes the results.
 pub fn run(
-    rt: &tokio::runtime::Runtime,
+    session: &Session<'_>,
     plan: &Plan,
     targets: &[ResolvedTarget],
-    gateway: Option<&GatewayHandle>,
-    results: &std::path::Path,
-    threads: usize,
-    cancel: &Arc<AtomicBool>,
     ui: &mut dyn Ui,
 ) -> Result<RunResult, BenchError> {
+    let Session {
+        rt,
+        gateway,
+        results,
+        threads,
+        cancel,
+    } = *session;
     let mut dir = output::RunDir::create(results)?;
     let client = admin_client();
     let before = match gateway {
@@ -329,12 +349,21 @@ pub fn run(
                         interval: plan.interval,
                         threads,
                     };
-                    (Mode::Open { rate }, step, Expected::Duration(*duration + *warmup))
+                    (
+                        Mode::Open { rate },
+                        step,
+                        Expected::Duration(*duration + *warmup),
+                    )
                 })
                 .collect(),
             StepGroup::Cold { samples } => {
                 let recs = rt.block_on(cold_starts(
-                    &client, targets, gateway, *samples, plan.timeout, cancel, ui,
+                    &client,
+                    session,
+                    targets,
+                    *samples,
+                    plan.timeout,
+                    ui,
                 ))?;
                 for r in recs {
                     dir.interval(
@@ -376,10 +405,7 @@ pub fn run(
                 if let Some(e) = sink.error {
                     return Err(e.into());
                 }
-                let record = StepRecord {
-                    outcome,
-                    ..probe
-                };
+                let record = StepRecord { outcome, ..probe };
                 if !record.outcome.warmup.is_empty() {
                     dir.interval(
                         &record.tag("warmup"),
@@ -400,7 +426,11 @@ pub fn run(
                 .iter()
                 .filter_map(|t| {
                     let f = t.function.as_ref()?;
-                    let kind = if t.role == Role::Baseline { "baseline" } else { "serverless" };
+                    let kind = if t.role == Role::Baseline {
+                        "baseline"
+                    } else {
+                        "serverless"
+                    };
                     let key = format!("{f}/{kind}");
                     let held = after.get(&key)? - before.get(&key).copied().unwrap_or(0.0);
                     Some((t.name.clone(), held))
@@ -467,16 +497,15 @@ impl Observer for StepSink<'_> {
 /// the admin API, wait until no replica is left, then time one request on a new connection
 /// (connect included). Baseline and URL targets are not scaled: their samples are a first
 /// request on a new connection, the always-on side of the comparison.
-#[allow(clippy::too_many_arguments)]
 async fn cold_starts(
     client: &reqwest::Client,
+    session: &Session<'_>,
     targets: &[ResolvedTarget],
-    gateway: Option<&GatewayHandle>,
     samples: u32,
     timeout: Duration,
-    cancel: &Arc<AtomicBool>,
     ui: &mut dyn Ui,
 ) -> Result<Vec<StepRecord>, BenchError> {
+    let (gateway, cancel) = (session.gateway, session.cancel);
     let mut records: Vec<StepRecord> = targets
         .iter()
         .map(|t| StepRecord {
@@ -486,7 +515,10 @@ async fn cold_starts(
             outcome: empty_outcome(),
         })
         .collect();
-    ui.step_started("cold starts", Expected::Requests(u64::from(samples) * targets.len() as u64));
+    ui.step_started(
+        "cold starts",
+        Expected::Requests(u64::from(samples) * targets.len() as u64),
+    );
     let start = Instant::now();
     let mut done = 0;
     for _ in 0..samples {
@@ -535,7 +567,14 @@ async fn scale_to_zero(
     function: &str,
 ) -> Result<(), BenchError> {
     let path = format!("/system/functions/{function}");
-    admin_call(client, gw, reqwest::Method::POST, &format!("{path}/scale"), Some(serde_json::json!({"replicas": 0}))).await?;
+    admin_call(
+        client,
+        gw,
+        reqwest::Method::POST,
+        &format!("{path}/scale"),
+        Some(serde_json::json!({"replicas": 0})),
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let f = admin_call(client, gw, reqwest::Method::GET, &path, None).await?;
@@ -613,7 +652,11 @@ fn parse_replica_seconds(text: &str) -> BTreeMap<String, f64> {
                     .and_then(|v| v.strip_suffix('"'))
             })
         };
-        if let (Some(f), Some(k), Ok(v)) = (label("function"), label("kind"), value.trim().parse::<f64>()) {
+        if let (Some(f), Some(k), Ok(v)) = (
+            label("function"),
+            label("kind"),
+            value.trim().parse::<f64>(),
+        ) {
             out.insert(format!("{f}/{k}"), v);
         }
     }

@@ -142,9 +142,31 @@ pub enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Run the gateway with the Kubernetes backend: what the rendered gateway Deployment runs
+    /// in the cluster (routes from the routes ConfigMap, scaling through the scale subresource).
+    Gateway {
+        /// The namespace the functions live in.
+        #[arg(long, env = "CUBEFLASH_NAMESPACE")]
+        namespace: String,
+        /// The ConfigMap holding routes.json.
+        #[arg(long, default_value = "cubeflash-routes")]
+        routes_configmap: String,
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Requests that may wait for a function to scale up.
+        #[arg(long, default_value_t = 100)]
+        queue_size: u32,
+        /// The kubeconfig context (default: in-cluster, else the current context).
+        #[arg(long)]
+        context: Option<String>,
+    },
     /// Load-test functions (serverless against their always-on baseline) or any URL, and
     /// write latency histograms, summary.csv and an HTML report under bench/results/.
-    #[command(after_help = "Examples:\n  cubeflash bench                       run bench/plan.yaml (starts the local platform if needed)\n  cubeflash bench --url http://127.0.0.1:8080/ -c 64 -z 10s\n  cubeflash bench --url http://127.0.0.1:8080/ --rate 2000 -z 10s -c 32")]
+    #[command(
+        after_help = "Examples:\n  cubeflash bench                       run bench/plan.yaml (starts the local platform if needed)\n  cubeflash bench --url http://127.0.0.1:8080/ -c 64 -z 10s\n  cubeflash bench --url http://127.0.0.1:8080/ --rate 2000 -z 10s -c 32"
+    )]
     Bench(BenchArgs),
 }
 

@@ -57,10 +57,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
         }
         Command::Down => platform::down(&mut out, cli.dir),
-        Command::List { gateway, target } => match kubernetes::root_if_wanted(cli.dir.clone(), &target)? {
-            Some(root) => kubernetes::list(&mut out, &root, &target),
-            None => platform::list(&mut out, cli.dir, gateway),
-        },
+        Command::List { gateway, target } => {
+            match kubernetes::root_if_wanted(cli.dir.clone(), &target)? {
+                Some(root) => kubernetes::list(&mut out, &root, &target),
+                None => platform::list(&mut out, cli.dir, gateway),
+            }
+        }
         Command::Describe {
             name,
             gateway,
@@ -94,6 +96,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             Some(root) => kubernetes::delete(&mut out, &root, &target, &name),
             None => platform::delete(&mut out, cli.dir, &name, gateway),
         },
+        Command::Gateway {
+            namespace,
+            routes_configmap,
+            bind,
+            port,
+            queue_size,
+            context,
+        } => kubernetes::gateway(
+            &mut out,
+            crate::gateway::kubernetes::KubeGatewayConfig {
+                namespace,
+                routes_configmap,
+                queue_size,
+            },
+            std::net::SocketAddr::new(bind, port),
+            context.as_deref(),
+        ),
         Command::Bench(args) => bench::bench(&mut out, cli.dir, args),
     }
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod dispatch;
 pub mod function;
+pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

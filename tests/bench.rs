@@ -6,88 +6,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{cubeflash, text};
-
-/// What the test server does with a request path: (status, delay before answering).
-type Behaviour = Arc<dyn Fn(&str) -> (u16, Duration) + Send + Sync>;
-
-/// A keep-alive HTTP/1.1 server on 127.0.0.1, a thread per connection.
-struct TestServer {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl TestServer {
-    fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let behaviour = behaviour.clone();
-                thread::spawn(move || serve(conn, behaviour));
-            }
-        });
-        Self { port, stop }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn serve(conn: TcpStream, behaviour: Behaviour) {
-    let _ = conn.set_nodelay(true);
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut writer = conn;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-        }
-        let (status, delay) = behaviour(&path);
-        thread::sleep(delay);
-        let body = "ok\n";
-        let answer = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
-            body.len()
-        );
-        if writer.write_all(answer.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
+use common::{cubeflash, text, TestServer};
 
 /// Runs `cubeflash bench` with `args` into a fresh results folder; returns the run folder.
 fn bench(args: &[&str]) -> (tempfile::TempDir, PathBuf, String) {
@@ -130,7 +54,9 @@ fn row<'a>(rows: &'a [Row], mode: &str) -> &'a Row {
 }
 
 fn num(r: &Row, col: &str) -> f64 {
-    r[col].parse().unwrap_or_else(|_| panic!("{col} = {:?}", r[col]))
+    r[col]
+        .parse()
+        .unwrap_or_else(|_| panic!("{col} = {:?}", r[col]))
 }
 
 #[test]
@@ -144,7 +70,10 @@ fn p50_against_a_fixed_delay_is_right_within_a_millisecond() {
     assert_eq!(num(closed, "requests"), 200.0);
     assert_eq!(num(closed, "errors"), 0.0);
     let p50 = num(closed, "p50_ms");
-    assert!((20.0..21.0).contains(&p50), "p50 {p50} ms for a 20 ms server");
+    assert!(
+        (20.0..21.0).contains(&p50),
+        "p50 {p50} ms for a 20 ms server"
+    );
     // Four workers, 20 ms each: about 200 requests/s.
     let rps = num(closed, "rps");
     assert!((120.0..205.0).contains(&rps), "rps {rps}");
@@ -198,7 +127,11 @@ fn errors_are_classified_and_kept_out_of_latency() {
     let (_tmp, run, _) = bench(&["--url", &server.url("/"), "-c", "1", "-n", "40"]);
     let rows = summary(&run);
     let closed = row(&rows, "closed");
-    assert_eq!(num(closed, "requests"), 10.0, "only the 200s have a latency");
+    assert_eq!(
+        num(closed, "requests"),
+        10.0,
+        "only the 200s have a latency"
+    );
     assert_eq!(num(closed, "errors"), 30.0);
     assert_eq!(num(closed, "errors_429"), 10.0);
     assert_eq!(num(closed, "errors_502_504"), 10.0);
@@ -269,14 +202,16 @@ fn the_interval_log_decodes_to_the_recorded_counts_and_java_agrees_with_the_hgrm
         if let LogEntry::Interval(h) = entry.expect("every log line parses") {
             assert_eq!(h.tag().map(|t| t.as_str()), Some("url/closed/c3"));
             let bytes = base64_decode(h.encoded_histogram());
-            let hist: hdrhistogram::Histogram<u64> =
-                de.deserialize(&mut bytes.as_slice()).unwrap();
+            let hist: hdrhistogram::Histogram<u64> = de.deserialize(&mut bytes.as_slice()).unwrap();
             total += hist.len();
             intervals += 1;
         }
     }
     assert_eq!(total, recorded, "the intervals hold every recorded latency");
-    assert!(intervals >= 2, "a 2.5 s run at 1 s intervals has 3 intervals");
+    assert!(
+        intervals >= 2,
+        "a 2.5 s run at 1 s intervals has 3 intervals"
+    );
 
     // HdrHistogram's Java HistogramLogProcessor reads the log and prints the same distribution.
     let jar = Path::new("/usr/share/java/hdrhistogram.jar");
@@ -286,7 +221,11 @@ fn the_interval_log_decodes_to_the_recorded_counts_and_java_agrees_with_the_hgrm
     }
     let out = run.join("java");
     let status = Command::new("java")
-        .args(["-cp", jar.to_str().unwrap(), "org.HdrHistogram.HistogramLogProcessor"])
+        .args([
+            "-cp",
+            jar.to_str().unwrap(),
+            "org.HdrHistogram.HistogramLogProcessor",
+        ])
         .args(["-i", run.join("run.hlog").to_str().unwrap()])
         .args(["-tag", "url/closed/c3", "-outputValueUnitRatio", "1000"])
         .args(["-o", out.to_str().unwrap()])
@@ -295,10 +234,19 @@ fn the_interval_log_decodes_to_the_recorded_counts_and_java_agrees_with_the_hgrm
     assert!(status.status.success(), "{}", text_of(&status.stderr));
     let java = std::fs::read_to_string(run.join("java.hgrm")).unwrap();
     // The processor adds two comment lines of its own on top.
-    let java: Vec<&str> = java.lines().filter(|l| !l.starts_with("#[Overall") && !l.starts_with("#[StartTime")).collect();
+    let java: Vec<&str> = java
+        .lines()
+        .filter(|l| !l.starts_with("#[Overall") && !l.starts_with("#[StartTime"))
+        .collect();
     let ours = std::fs::read_to_string(run.join("url_closed_c3.hgrm")).unwrap();
     let ours: Vec<&str> = ours.lines().collect();
-    assert_eq!(ours.len(), java.len(), "ours:\n{}\njava:\n{}", ours.join("\n"), java.join("\n"));
+    assert_eq!(
+        ours.len(),
+        java.len(),
+        "ours:\n{}\njava:\n{}",
+        ours.join("\n"),
+        java.join("\n")
+    );
     for (i, (a, b)) in ours.iter().zip(&java).enumerate() {
         assert_eq!(a, b, "line {} differs", i + 1);
     }
@@ -320,7 +268,13 @@ fn an_unreachable_target_fails_fast_with_a_clear_message() {
     let started = Instant::now();
     let o = cubeflash(
         tmp.path(),
-        &["bench", "--url", &format!("http://127.0.0.1:{port}/"), "-z", "30s"],
+        &[
+            "bench",
+            "--url",
+            &format!("http://127.0.0.1:{port}/"),
+            "-z",
+            "30s",
+        ],
     );
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
@@ -366,13 +320,21 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
     let stdout = text(&o.stdout);
     assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
     assert!(stdout.contains("starting the local platform"), "{stdout}");
-    assert!(stdout.contains("stopped the local platform this run started"), "{stdout}");
     assert!(
-        common::text(&std::fs::read(repo.path().join(".cubeflash/gateway.log")).unwrap_or_default())
-            .contains("listening"),
+        stdout.contains("stopped the local platform this run started"),
+        "{stdout}"
+    );
+    assert!(
+        common::text(
+            &std::fs::read(repo.path().join(".cubeflash/gateway.log")).unwrap_or_default()
+        )
+        .contains("listening"),
         "the platform ran"
     );
-    assert!(!repo.path().join(".cubeflash/gateway.pid").exists(), "and was stopped");
+    assert!(
+        !repo.path().join(".cubeflash/gateway.pid").exists(),
+        "and was stopped"
+    );
     let run = std::fs::canonicalize(repo.path().join("bench/results/latest")).unwrap();
     let rows = summary(&run);
     let find = |target: &str, mode: &str, param: (&str, &str)| {
@@ -394,10 +356,21 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
     // Scaled to zero before each sample, the serverless first request pays a process start.
     let cold = find("fast", "cold", ("rate", ""));
     let warm = find("fast-baseline", "cold", ("rate", ""));
-    assert!(num(cold, "p50_ms") > num(warm, "p50_ms"), "{cold:?} vs {warm:?}");
-    assert!(stdout.contains("replica-seconds held by fast-baseline"), "{stdout}");
+    assert!(
+        num(cold, "p50_ms") > num(warm, "p50_ms"),
+        "{cold:?} vs {warm:?}"
+    );
+    assert!(
+        stdout.contains("replica-seconds held by fast-baseline"),
+        "{stdout}"
+    );
     let html = std::fs::read_to_string(run.join("index.html")).unwrap();
-    for part in ["Serverless / baseline", "Cold starts", "replica-seconds", "<svg"] {
+    for part in [
+        "Serverless / baseline",
+        "Cold starts",
+        "replica-seconds",
+        "<svg",
+    ] {
         assert!(html.contains(part), "index.html lacks {part:?}");
     }
     let order: Vec<String> = rows
@@ -405,5 +378,8 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
         .filter(|r| r["mode"] == "closed")
         .map(|r| format!("{} c{}", r["target"], r["concurrency"]))
         .collect();
-    assert_eq!(order, ["fast c1", "fast-baseline c1", "fast c2", "fast-baseline c2"]);
+    assert_eq!(
+        order,
+        ["fast c1", "fast-baseline c1", "fast c2", "fast-baseline c2"]
+    );
 }

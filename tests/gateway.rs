@@ -240,7 +240,8 @@ fn cold_start_then_warm() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let metrics = gw.metrics();
-        if metrics.contains("cubeflash_replica_seconds_total{function=\"fn\",kind=\"serverless\"}") {
+        if metrics.contains("cubeflash_replica_seconds_total{function=\"fn\",kind=\"serverless\"}")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no replica-seconds: {metrics}");

@@ -154,7 +154,10 @@ mod tests {
         );
         assert_eq!(lines[1], "");
         // The first row is the smallest value at percentile 0.
-        assert_eq!(lines[2], "       0.001 0.000000000000          1           1.00");
+        assert_eq!(
+            lines[2],
+            "       0.001 0.000000000000          1           1.00"
+        );
         // The median row: 5,000 µs is 5.000 ms with 5,000 values at or below it.
         assert!(
             lines.contains(&"       5.003 0.500000000000       5003           2.00"),
@@ -172,8 +175,16 @@ mod tests {
         assert_eq!(last.split_whitespace().count(), 3, "{last}");
         assert!(last.contains(" 1.000000000000 "), "{last}");
         let footer = &lines[lines.len() - 3..];
-        assert!(footer[0].starts_with("#[Mean    =        5.00"), "{}", footer[0]);
-        assert!(footer[0].contains("StdDeviation   =        2.88"), "{}", footer[0]);
+        assert!(
+            footer[0].starts_with("#[Mean    =        5.00"),
+            "{}",
+            footer[0]
+        );
+        assert!(
+            footer[0].contains("StdDeviation   =        2.88"),
+            "{}",
+            footer[0]
+        );
         assert_eq!(
             footer[1],
             "#[Max     =       10.007, Total count    =        10000]"

@@ -82,7 +82,11 @@ impl PreparedRequest {
             head.push_str(&format!("Host: {authority}\r\n"));
         }
         if !has("user-agent") {
-            head.push_str(concat!("User-Agent: cubeflash-bench/", env!("CARGO_PKG_VERSION"), "\r\n"));
+            head.push_str(concat!(
+                "User-Agent: cubeflash-bench/",
+                env!("CARGO_PKG_VERSION"),
+                "\r\n"
+            ));
         }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));

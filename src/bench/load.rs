@@ -327,13 +327,28 @@ pub fn run(
                     .min()
                     .unwrap_or(0)
             };
-            if let Some(p99) = emit(&shared, upto, clock, observer, &mut latency, &mut uncorrected) {
+            if let Some(p99) = emit(
+                &shared,
+                upto,
+                clock,
+                observer,
+                &mut latency,
+                &mut uncorrected,
+            ) {
                 last_p99 = Some(p99);
             }
             let now = Instant::now();
             observer.progress(&Progress {
-                done: shared.done.iter().map(|s| s.0.load(Ordering::Relaxed)).sum(),
-                errors: shared.errors.iter().map(|s| s.0.load(Ordering::Relaxed)).sum(),
+                done: shared
+                    .done
+                    .iter()
+                    .map(|s| s.0.load(Ordering::Relaxed))
+                    .sum(),
+                errors: shared
+                    .errors
+                    .iter()
+                    .map(|s| s.0.load(Ordering::Relaxed))
+                    .sum(),
                 elapsed: now.saturating_duration_since(clock.t0),
                 warming_up: now < clock.t0,
                 last_p99_ms: last_p99,
@@ -533,7 +548,9 @@ impl Worker {
         result: Result<u16, Outcome>,
     ) {
         self.done += 1;
-        self.shared.done[self.id].0.store(self.done, Ordering::Relaxed);
+        self.shared.done[self.id]
+            .0
+            .store(self.done, Ordering::Relaxed);
         if warm {
             if !self.warmup_errors.count(result) {
                 hist::record(&mut self.warmup, micros(now - sent));
@@ -560,9 +577,9 @@ impl Worker {
     fn hand_in(&mut self, now: Instant) {
         if !self.latency.is_empty() {
             let mut map = self.shared.intervals.lock().expect("intervals lock");
-            let entry = map.entry(self.current).or_insert_with(|| {
-                (hist::new(), self.uncorrected.as_ref().map(|_| hist::new()))
-            });
+            let entry = map
+                .entry(self.current)
+                .or_insert_with(|| (hist::new(), self.uncorrected.as_ref().map(|_| hist::new())));
             hist::merge(&mut entry.0, &self.latency);
             if let (Some(total), Some(u)) = (entry.1.as_mut(), self.uncorrected.as_ref()) {
                 hist::merge(total, u);

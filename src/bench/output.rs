@@ -62,7 +62,10 @@ impl RunDir {
         let path = dir.join(HLOG_FILE);
         let file = File::create(&path).map_err(io_err(&path))?;
         let mut hlog = BufWriter::new(file);
-        let secs = started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let secs = started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
         let when = chrono::DateTime::<chrono::Utc>::from(started).to_rfc2822();
         write!(
             hlog,

@@ -137,22 +137,35 @@ fn decode(file: &SourceFile, root: &Node) -> Result<Plan, Diagnostics> {
             }
         }
         if let Some(n) = r.required(&f, "steps", "steps: [{closed: {concurrency: [1, 2, 4]}}]") {
-            if let Some(list) = r.sequence(n, "steps", "list the steps, e.g. `- closed: {concurrency: [1, 2, 4], duration: 5s}`") {
+            if let Some(list) = r.sequence(
+                n,
+                "steps",
+                "list the steps, e.g. `- closed: {concurrency: [1, 2, 4], duration: 5s}`",
+            ) {
                 for (i, s) in list.iter().enumerate() {
                     if let Some(s) = step(&mut r, s, &format!("steps[{i}]")) {
                         plan.steps.push(s);
                     }
                 }
                 if list.is_empty() {
-                    r.error(n, "steps", "the plan has no steps", "add `- closed: {concurrency: [1, 2, 4], duration: 5s}`");
+                    r.error(
+                        n,
+                        "steps",
+                        "the plan has no steps",
+                        "add `- closed: {concurrency: [1, 2, 4], duration: 5s}`",
+                    );
                 }
             }
         }
         if let Some(n) = f.get("timeout") {
-            plan.timeout = r.duration(n, "timeout", false, defaults::TIMEOUT).unwrap_or(plan.timeout);
+            plan.timeout = r
+                .duration(n, "timeout", false, defaults::TIMEOUT)
+                .unwrap_or(plan.timeout);
         }
         if let Some(n) = f.get("interval") {
-            plan.interval = r.duration(n, "interval", false, defaults::INTERVAL).unwrap_or(plan.interval);
+            plan.interval = r
+                .duration(n, "interval", false, defaults::INTERVAL)
+                .unwrap_or(plan.interval);
         }
         if let Some(n) = f.get("threads") {
             plan.threads = r.uint(n, "threads", 1, 256).map(|t| t as usize);
@@ -183,32 +196,61 @@ fn target(r: &mut Reader, node: &Node, path: &str, index: usize) -> Option<Targe
                 r.error(n, &f.path_of("url"), format!("{url:?} is not an http:// URL"), "the generator speaks plain HTTP/1.1: use an http:// URL (https is not supported)");
             }
             if f.get("path").is_some() || f.get("baseline").is_some() {
-                r.error_at(f.loc(), path, "`path` and `baseline` go with `function`, not `url`", "put the path in the URL");
+                r.error_at(
+                    f.loc(),
+                    path,
+                    "`path` and `baseline` go with `function`, not `url`",
+                    "put the path in the URL",
+                );
             }
             Endpoint::Url(url)
         }
         (None, Some(function)) => {
             if let Err(why) = crate::spec::values::check_dns_label(&function, 63) {
                 let n = f.get("function").expect("read above");
-                r.error(n, &f.path_of("function"), why, "use the function's folder name under functions/");
+                r.error(
+                    n,
+                    &f.path_of("function"),
+                    why,
+                    "use the function's folder name under functions/",
+                );
             }
             let sub_path = sub_path.unwrap_or_default();
             if !sub_path.is_empty() && !sub_path.starts_with('/') {
                 let n = f.get("path").expect("read above");
-                r.error(n, &f.path_of("path"), "the path must start with `/`", "e.g. `path: /quotes?n=1`");
+                r.error(
+                    n,
+                    &f.path_of("path"),
+                    "the path must start with `/`",
+                    "e.g. `path: /quotes?n=1`",
+                );
             }
             let baseline = match f.get("baseline") {
                 Some(n) => boolean(r, n, &f.path_of("baseline"))?,
                 None => true,
             };
-            Endpoint::Function { name: function, path: sub_path, baseline }
+            Endpoint::Function {
+                name: function,
+                path: sub_path,
+                baseline,
+            }
         }
         (Some(_), Some(_)) => {
-            r.error_at(f.loc(), path, "a target has either `url` or `function`, not both", "split it into two targets");
+            r.error_at(
+                f.loc(),
+                path,
+                "a target has either `url` or `function`, not both",
+                "split it into two targets",
+            );
             return None;
         }
         (None, None) => {
-            r.error_at(f.loc(), path, "a target needs `url` or `function`", "add `function: random-quote` or `url: http://127.0.0.1:8080/`");
+            r.error_at(
+                f.loc(),
+                path,
+                "a target needs `url` or `function`",
+                "add `function: random-quote` or `url: http://127.0.0.1:8080/`",
+            );
             return None;
         }
     };
@@ -225,10 +267,14 @@ fn target(r: &mut Reader, node: &Node, path: &str, index: usize) -> Option<Targe
     let headers = f
         .get("headers")
         .map(|n| {
-            r.string_map(n, &f.path_of("headers"), "e.g. `headers: {Content-Type: application/json}`")
-                .into_iter()
-                .map(|(k, (v, _))| (k, v))
-                .collect()
+            r.string_map(
+                n,
+                &f.path_of("headers"),
+                "e.g. `headers: {Content-Type: application/json}`",
+            )
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect()
         })
         .unwrap_or_default();
     let body = text(r, "body").unwrap_or_default().into_bytes();
@@ -237,16 +283,32 @@ fn target(r: &mut Reader, node: &Node, path: &str, index: usize) -> Option<Targe
         Endpoint::Url(_) => format!("url-{}", index + 1),
     });
     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ',' || c == '/') {
-        r.error_at(f.loc(), &f.path_of("name"), format!("{name:?} cannot name a target"), "use letters, digits, `-`, `_` or `.`: it becomes part of file names");
+        r.error_at(
+            f.loc(),
+            &f.path_of("name"),
+            format!("{name:?} cannot name a target"),
+            "use letters, digits, `-`, `_` or `.`: it becomes part of file names",
+        );
     }
-    Some(TargetSpec { name, endpoint, method, headers, body })
+    Some(TargetSpec {
+        name,
+        endpoint,
+        method,
+        headers,
+        body,
+    })
 }
 
 fn boolean(r: &mut Reader, node: &Node, path: &str) -> Option<bool> {
     match node {
         Node::Scalar(s) if s.may_coerce() && s.as_bool().is_some() => s.as_bool(),
         _ => {
-            r.error(node, path, format!("expected true or false, found {}", decode::describe(node)), "");
+            r.error(
+                node,
+                path,
+                format!("expected true or false, found {}", decode::describe(node)),
+                "",
+            );
             None
         }
     }
@@ -257,25 +319,47 @@ fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
     let mut entries = outer.entries();
     let (key, body) = entries.next()?;
     if entries.next().is_some() {
-        r.error_at(outer.loc(), path, "a step has exactly one mode: closed, open or cold", "write each mode as its own `- closed: ...` item");
+        r.error_at(
+            outer.loc(),
+            path,
+            "a step has exactly one mode: closed, open or cold",
+            "write each mode as its own `- closed: ...` item",
+        );
         return None;
     }
     let path = decode::join(path, key.as_str());
     match key.as_str() {
         "closed" => {
-            let f = r.mapping(body, &path, &["concurrency", "requests", "duration", "warmup"])?;
+            let f = r.mapping(
+                body,
+                &path,
+                &["concurrency", "requests", "duration", "warmup"],
+            )?;
             let concurrency = numbers(r, &f, "concurrency", 1, 100_000)?;
             let stop = match (f.get("requests"), f.get("duration")) {
                 (Some(_), Some(_)) => {
-                    r.error_at(f.loc(), &path, "give `requests` or `duration`, not both", "");
+                    r.error_at(
+                        f.loc(),
+                        &path,
+                        "give `requests` or `duration`, not both",
+                        "",
+                    );
                     return None;
                 }
-                (Some(n), None) => Stop::Requests(u64::from(r.uint(n, &f.path_of("requests"), 1, u32::MAX)?)),
-                (None, Some(n)) => Stop::Duration(r.duration(n, &f.path_of("duration"), false, "5s")?),
+                (Some(n), None) => {
+                    Stop::Requests(u64::from(r.uint(n, &f.path_of("requests"), 1, u32::MAX)?))
+                }
+                (None, Some(n)) => {
+                    Stop::Duration(r.duration(n, &f.path_of("duration"), false, "5s")?)
+                }
                 (None, None) => Stop::Duration(Duration::from_secs(5)),
             };
             let warmup = warmup(r, &f)?;
-            Some(StepGroup::Closed { concurrency: concurrency.into_iter().map(|c| c as u32).collect(), stop, warmup })
+            Some(StepGroup::Closed {
+                concurrency: concurrency.into_iter().map(|c| c as u32).collect(),
+                stop,
+                warmup,
+            })
         }
         "open" => {
             let f = r.mapping(body, &path, &["rate", "duration", "connections", "warmup"])?;
@@ -289,7 +373,12 @@ fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
                 None => defaults::CONNECTIONS,
             };
             let warmup = warmup(r, &f)?;
-            Some(StepGroup::Open { rates: rates.into_iter().map(|r| r as f64).collect(), duration, connections, warmup })
+            Some(StepGroup::Open {
+                rates: rates.into_iter().map(|r| r as f64).collect(),
+                duration,
+                connections,
+                warmup,
+            })
         }
         _ => {
             let f = r.mapping(body, &path, &["samples"])?;
@@ -312,20 +401,28 @@ fn warmup(r: &mut Reader, f: &Fields) -> Option<Duration> {
 /// A number or a list of numbers, each within [min, max].
 fn numbers(r: &mut Reader, f: &Fields, key: &str, min: u32, max: u32) -> Option<Vec<u64>> {
     let path = f.path_of(key);
-    let Some(n) = r.required(f, key, &format!("{key}: [1, 2, 4]")) else {
-        return None;
-    };
+    let n = r.required(f, key, &format!("{key}: [1, 2, 4]"))?;
     let items: Vec<&Node> = match n {
         Node::Sequence(s) => s.iter().collect(),
         _ => vec![n],
     };
     if items.is_empty() {
-        r.error(n, &path, format!("`{key}` lists no values"), &format!("e.g. `{key}: [1, 2, 4]`"));
+        r.error(
+            n,
+            &path,
+            format!("`{key}` lists no values"),
+            &format!("e.g. `{key}: [1, 2, 4]`"),
+        );
         return None;
     }
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        out.push(u64::from(r.uint(item, &format!("{path}[{i}]"), min, max)?));
+        out.push(u64::from(r.uint(
+            item,
+            &format!("{path}[{i}]"),
+            min,
+            max,
+        )?));
     }
     Some(out)
 }
@@ -340,7 +437,12 @@ fn check_names(r: &mut Reader, root: &Node, plan: &Plan) {
         }
         for n in names {
             if !seen.insert(n.clone()) {
-                r.error(root, "targets", format!("two targets are named {n:?}"), "give one of them a `name:` of its own");
+                r.error(
+                    root,
+                    "targets",
+                    format!("two targets are named {n:?}"),
+                    "give one of them a `name:` of its own",
+                );
             }
         }
     }
@@ -380,18 +482,31 @@ impl AdHoc {
     pub fn into_plan(self) -> Result<Plan, Box<Diagnostic>> {
         let whole = |msg: &str| Box::new(Diagnostic::whole_file(Path::new("command line"), msg));
         if !self.url.starts_with("http://") {
-            return Err(whole(&format!("{:?} is not an http:// URL (the generator speaks plain HTTP/1.1)", self.url)));
+            return Err(whole(&format!(
+                "{:?} is not an http:// URL (the generator speaks plain HTTP/1.1)",
+                self.url
+            )));
         }
         let step = match (self.rate, self.requests, self.duration) {
-            (Some(_), Some(_), _) => return Err(whole("--rate runs for a duration (-z), not a request count (-n)")),
+            (Some(_), Some(_), _) => {
+                return Err(whole(
+                    "--rate runs for a duration (-z), not a request count (-n)",
+                ))
+            }
             (Some(rate), None, d) => StepGroup::Open {
                 rates: vec![rate],
                 duration: d.unwrap_or(Duration::from_secs(10)),
                 connections: self.concurrency,
                 warmup: Duration::ZERO,
             },
-            (None, Some(_), Some(_)) => return Err(whole("give -n (requests) or -z (duration), not both")),
-            (None, Some(n), None) => StepGroup::Closed { concurrency: vec![self.concurrency], stop: Stop::Requests(n), warmup: Duration::ZERO },
+            (None, Some(_), Some(_)) => {
+                return Err(whole("give -n (requests) or -z (duration), not both"))
+            }
+            (None, Some(n), None) => StepGroup::Closed {
+                concurrency: vec![self.concurrency],
+                stop: Stop::Requests(n),
+                warmup: Duration::ZERO,
+            },
             (None, None, d) => StepGroup::Closed {
                 concurrency: vec![self.concurrency],
                 stop: Stop::Duration(d.unwrap_or(Duration::from_secs(10))),
@@ -431,15 +546,25 @@ mod tests {
         assert_eq!(p.targets.len(), 2);
         assert_eq!(
             p.targets[0].endpoint,
-            Endpoint::Function { name: "random-quote".into(), path: String::new(), baseline: true }
+            Endpoint::Function {
+                name: "random-quote".into(),
+                path: String::new(),
+                baseline: true
+            }
         );
         assert_eq!(p.targets[1].method, "POST");
         assert_eq!(p.targets[1].body, b"hi");
         assert_eq!(
             p.steps[0],
-            StepGroup::Closed { concurrency: vec![1, 2], stop: Stop::Requests(100), warmup: Duration::from_secs(1) }
+            StepGroup::Closed {
+                concurrency: vec![1, 2],
+                stop: Stop::Requests(100),
+                warmup: Duration::from_secs(1)
+            }
         );
-        assert!(matches!(&p.steps[1], StepGroup::Open { rates, connections: 64, .. } if rates == &vec![500.0]));
+        assert!(
+            matches!(&p.steps[1], StepGroup::Open { rates, connections: 64, .. } if rates == &vec![500.0])
+        );
         assert_eq!(p.steps[2], StepGroup::Cold { samples: 3 });
         assert_eq!(p.timeout, Duration::from_secs(2));
     }

@@ -85,7 +85,10 @@ fn closed_section(page: &mut String, records: &[StepRecord]) {
         };
         lat.push((format!("{target} p50"), pts(0.5)));
         lat.push((format!("{target} p99"), pts(0.99)));
-        rps.push((target.clone(), recs.iter().map(|r| (conc(r), r.outcome.rps())).collect()));
+        rps.push((
+            target.clone(),
+            recs.iter().map(|r| (conc(r), r.outcome.rps())).collect(),
+        ));
     }
     let max_c = closed.iter().map(|r| conc(r)).fold(1.0, f64::max);
     page.push_str("<h2>Closed loop: latency and throughput against concurrency</h2>\n<div class=\"charts\">\n");
@@ -97,7 +100,10 @@ fn closed_section(page: &mut String, records: &[StepRecord]) {
         y_log_range(&lat).log_scale(),
         &lat,
     ));
-    let max_rps = rps.iter().flat_map(|s| s.1.iter().map(|p| p.1)).fold(1.0, f64::max);
+    let max_rps = rps
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
     page.push_str(&chart(
         "throughput",
         "concurrent requests",
@@ -135,7 +141,12 @@ fn open_section(page: &mut String, records: &[StepRecord]) {
     for r in &open {
         let s = r.outcome.schedule.unwrap_or_default();
         let f = hist::figures(&r.outcome.latency);
-        let u = r.outcome.uncorrected.as_ref().map(hist::figures).unwrap_or_default();
+        let u = r
+            .outcome
+            .uncorrected
+            .as_ref()
+            .map(hist::figures)
+            .unwrap_or_default();
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{:.3}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
@@ -153,12 +164,17 @@ fn open_section(page: &mut String, records: &[StepRecord]) {
     }
     page.push_str("</table>\n<div class=\"charts\">\n");
     for r in &open {
-        let mut series = vec![(format!("{} corrected", r.target), distribution(&r.outcome.latency))];
+        let mut series = vec![(
+            format!("{} corrected", r.target),
+            distribution(&r.outcome.latency),
+        )];
         if let Some(u) = &r.outcome.uncorrected {
             series.push((format!("{} uncorrected", r.target), distribution(u)));
         }
         let title = match r.mode {
-            Mode::Open { rate } => format!("{} at {} req/s", r.target, super::output::fmt_num(rate)),
+            Mode::Open { rate } => {
+                format!("{} at {} req/s", r.target, super::output::fmt_num(rate))
+            }
             _ => r.target.clone(),
         };
         page.push_str(&distribution_chart(&title, &series));
@@ -208,8 +224,17 @@ fn ratio_section(page: &mut String, records: &[StepRecord]) {
         else {
             continue;
         };
-        let (fs, fb) = (hist::figures(&s.outcome.latency), hist::figures(&b.outcome.latency));
-        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
+        let (fs, fb) = (
+            hist::figures(&s.outcome.latency),
+            hist::figures(&b.outcome.latency),
+        );
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "-".into()
+            }
+        };
         let _ = writeln!(
             rows,
             "<tr><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -364,7 +389,11 @@ where
             Ok(())
         })();
         if let Err(e) = drawn {
-            return format!("<p>chart {} could not be drawn: {}</p>", esc(title), esc(&e.to_string()));
+            return format!(
+                "<p>chart {} could not be drawn: {}</p>",
+                esc(title),
+                esc(&e.to_string())
+            );
         }
     }
     svg

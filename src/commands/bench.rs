@@ -24,7 +24,9 @@ use crate::spec;
 pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Result<Outcome> {
     let root = match dir {
         Some(d) => Some(d),
-        None => std::env::current_dir().ok().and_then(|cwd| spec::find_root(&cwd)),
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|cwd| spec::find_root(&cwd)),
     };
     let plan = build_plan(&args, root.as_deref())?;
     let results = match (&args.out, &root) {
@@ -43,10 +45,15 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
                 Some(u) => u,
                 None => {
                     load(root)?;
-                    writeln!(out, "starting the local platform (it will be stopped afterwards)")?;
+                    writeln!(
+                        out,
+                        "starting the local platform (it will be stopped afterwards)"
+                    )?;
                     out.flush()?;
-                    let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
-                    let url = rt.block_on(target::start_background(root, &exe, &platform::client()))?;
+                    let exe =
+                        std::env::current_exe().context("failed to find the cubeflash binary")?;
+                    let url =
+                        rt.block_on(target::start_background(root, &exe, &platform::client()))?;
                     started_platform = true;
                     url
                 }
@@ -130,7 +137,11 @@ fn run(
     args: &BenchArgs,
 ) -> Result<Outcome> {
     if let Some(gw) = gateway {
-        rt.block_on(platform::wait_ready(&platform::client(), &gw.url, &gw.token))?;
+        rt.block_on(platform::wait_ready(
+            &platform::client(),
+            &gw.url,
+            &gw.token,
+        ))?;
     }
     let targets = rt.block_on(engine::resolve_targets(plan, gateway))?;
     let cancel = Arc::new(AtomicBool::new(false));
@@ -144,9 +155,21 @@ fn run(
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-    writeln!(out, "benchmarking {} ({} generator threads)", names.join(", "), threads)?;
+    writeln!(
+        out,
+        "benchmarking {} ({} generator threads)",
+        names.join(", "),
+        threads
+    )?;
     let mut ui = Screen::new(&mut *out);
-    let run = engine::run(rt, plan, &targets, gateway, results, threads, &cancel, &mut ui)?;
+    let session = engine::Session {
+        rt,
+        gateway,
+        results,
+        threads,
+        cancel: &cancel,
+    };
+    let run = engine::run(&session, plan, &targets, &mut ui)?;
     drop(ui);
     table(out, &run.records)?;
     for (t, s) in &run.replica_seconds {
@@ -163,7 +186,11 @@ fn run(
         .records
         .iter()
         .all(|r| r.outcome.latency.is_empty() && r.outcome.errors.total() > 0);
-    Ok(if failed { Outcome::Failed } else { Outcome::Success })
+    Ok(if failed {
+        Outcome::Failed
+    } else {
+        Outcome::Success
+    })
 }
 
 /// The terminal side of a run: a bar per step on a terminal, one line per step otherwise.
@@ -191,7 +218,11 @@ impl<W: Write> Observer for Screen<'_, W> {
     fn progress(&mut self, p: &Progress) {
         let Some(bar) = &self.bar else { return };
         let secs = p.elapsed.as_secs_f64();
-        let rps = if secs > 0.0 { p.done as f64 / secs } else { 0.0 };
+        let rps = if secs > 0.0 {
+            p.done as f64 / secs
+        } else {
+            0.0
+        };
         let p99 = p
             .last_p99_ms
             .map_or("-".to_string(), |v| format!("{v:.2} ms"));

@@ -40,7 +40,12 @@ pub fn root_if_wanted(dir: Option<PathBuf>, args: &TargetArgs) -> Result<Option<
 }
 
 /// `cubeflash deploy --target kubernetes`.
-pub fn deploy(out: &mut impl Write, root: &Path, args: &TargetArgs, options: ApplyOptions) -> Result<Outcome> {
+pub fn deploy(
+    out: &mut impl Write,
+    root: &Path,
+    args: &TargetArgs,
+    options: ApplyOptions,
+) -> Result<Outcome> {
     let repo = load(root)?;
     let rendered = render::render(&repo)?;
     let diffs = output::diff(root, &rendered)?;
@@ -57,25 +62,43 @@ pub fn deploy(out: &mut impl Write, root: &Path, args: &TargetArgs, options: App
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let (client, url) = kube_target::connect(args.context.as_deref()).await?;
-        let dry = if options.dry_run { " (server-side dry run: nothing is stored)" } else { "" };
-        writeln!(out, "deploying {} objects to {url}, namespace {namespace}{dry}", desired.len())?;
+        let dry = if options.dry_run {
+            " (server-side dry run: nothing is stored)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "deploying {} objects to {url}, namespace {namespace}{dry}",
+            desired.len()
+        )?;
         let mut progress = |line: &str| {
             let _ = writeln!(out, "  {line}");
             let _ = out.flush();
         };
-        let summary = kube_target::apply(client, &url, &namespace, &desired, options, &mut progress).await?;
+        let summary =
+            kube_target::apply(client, &url, &namespace, &desired, options, &mut progress).await?;
         Ok::<_, anyhow::Error>(summary)
     })?;
     writeln!(
         out,
         "{}applied {}, pruned {}, rolled out {}",
-        if options.dry_run { "dry run: would have " } else { "" },
+        if options.dry_run {
+            "dry run: would have "
+        } else {
+            ""
+        },
         summary.applied.len(),
         summary.pruned.len(),
         summary.rolled_out.len()
     )?;
     if !options.dry_run {
-        writeln!(out, "the gateway: kubectl -n {namespace} port-forward svc/{} 8080:{}", render::context::GATEWAY_NAME, repo.project.gateway.port)?;
+        writeln!(
+            out,
+            "the gateway: kubectl -n {namespace} port-forward svc/{} 8080:{}",
+            render::context::GATEWAY_NAME,
+            repo.project.gateway.port
+        )?;
     }
     Ok(Outcome::Success)
 }
@@ -87,7 +110,11 @@ pub fn list(out: &mut impl Write, root: &Path, args: &TargetArgs) -> Result<Outc
         let (client, url) = kube_target::connect(args.context.as_deref()).await?;
         Ok::<_, anyhow::Error>(kube_target::functions(client, &url, &namespace).await?)
     })?;
-    writeln!(out, "{:<24} {:>8} {:>8} {:>16}", "NAME", "READY", "DESIRED", "BASELINE READY")?;
+    writeln!(
+        out,
+        "{:<24} {:>8} {:>8} {:>16}",
+        "NAME", "READY", "DESIRED", "BASELINE READY"
+    )?;
     for f in &functions {
         let baseline = match f["baselineReplicas"].as_object() {
             Some(b) => format!("{}/{}", b["ready"], b["desired"]),
@@ -103,21 +130,35 @@ pub fn list(out: &mut impl Write, root: &Path, args: &TargetArgs) -> Result<Outc
         )?;
     }
     if functions.is_empty() {
-        writeln!(out, "(no functions in namespace {namespace}: `cubeflash deploy --target kubernetes`)")?;
+        writeln!(
+            out,
+            "(no functions in namespace {namespace}: `cubeflash deploy --target kubernetes`)"
+        )?;
     }
     Ok(Outcome::Success)
 }
 
 /// `cubeflash describe NAME --target kubernetes`: replicas and recent scale events.
-pub fn describe(out: &mut impl Write, root: &Path, args: &TargetArgs, name: &str) -> Result<Outcome> {
+pub fn describe(
+    out: &mut impl Write,
+    root: &Path,
+    args: &TargetArgs,
+    name: &str,
+) -> Result<Outcome> {
     let namespace = load(root)?.project.namespace;
     let value = runtime()?.block_on(async {
         let (client, url) = kube_target::connect(args.context.as_deref()).await?;
         let all = kube_target::functions(client.clone(), &url, &namespace).await?;
         let Some(mut f) = all.into_iter().find(|f| f["name"] == name) else {
-            return Err(kube_target::KubeError::NoSuchFunction { name: name.into(), namespace: namespace.clone() }.into());
+            return Err(kube_target::KubeError::NoSuchFunction {
+                name: name.into(),
+                namespace: namespace.clone(),
+            }
+            .into());
         };
-        f["events"] = serde_json::Value::Array(kube_target::recent_events(client, &url, &namespace, name, 10).await?);
+        f["events"] = serde_json::Value::Array(
+            kube_target::recent_events(client, &url, &namespace, name, 10).await?,
+        );
         Ok::<_, anyhow::Error>(f)
     })?;
     writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
@@ -137,4 +178,34 @@ pub fn delete(out: &mut impl Write, root: &Path, args: &TargetArgs, name: &str) 
     })?;
     writeln!(out, "deleted {name} from namespace {namespace}; remove functions/{name}/ and render, or the next deploy brings it back")?;
     Ok(Outcome::Success)
+}
+
+/// `cubeflash gateway`: serves until SIGINT or SIGTERM.
+pub fn gateway(
+    out: &mut impl Write,
+    config: crate::gateway::kubernetes::KubeGatewayConfig,
+    addr: std::net::SocketAddr,
+    context: Option<&str>,
+) -> Result<Outcome> {
+    use crate::gateway::kubernetes::{serve, KubeGateway};
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (client, url) = kube_target::connect(context).await?;
+        let gw = KubeGateway::new(client, config.clone());
+        gw.run().await.map_err(|e| {
+            anyhow::anyhow!(
+                "failed to read the route table (ConfigMap {} in namespace {} at {url}): {e}; deploy the repo first (`cubeflash deploy --target kubernetes`)",
+                config.routes_configmap,
+                config.namespace
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+        let local = listener.local_addr()?;
+        writeln!(out, "cubeflash gateway (kubernetes backend, namespace {}) listening on http://{local}", config.namespace)?;
+        out.flush()?;
+        serve(gw, listener, super::platform::shutdown_signal()).await;
+        Ok(Outcome::Success)
+    })
 }

@@ -12,8 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{ApiCapabilities, ApiGroup, Scope};
@@ -131,7 +130,14 @@ pub async fn connect(context: Option<&str>) -> Result<(Client, String), KubeErro
 }
 
 /// Turns a failed request into the error a user can act on.
-fn classify(err: kube::Error, verb: &str, resource: &str, namespace: &str, object: &str, url: &str) -> KubeError {
+fn classify(
+    err: kube::Error,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+    object: &str,
+    url: &str,
+) -> KubeError {
     match err {
         kube::Error::Api(status) if status.code == 403 => KubeError::Forbidden {
             verb: verb.into(),
@@ -171,7 +177,10 @@ impl Kinds {
         }
     }
 
-    async fn resolve(&mut self, gvk: &GroupVersionKind) -> Result<Option<(ApiResource, ApiCapabilities)>, KubeError> {
+    async fn resolve(
+        &mut self,
+        gvk: &GroupVersionKind,
+    ) -> Result<Option<(ApiResource, ApiCapabilities)>, KubeError> {
         let key = format!("{}/{}", gvk.group, gvk.version);
         if !self.groups.contains_key(&key) {
             let gv = kube::core::GroupVersion::gv(&gvk.group, &gvk.version);
@@ -215,16 +224,21 @@ pub async fn apply(
     // Resolve every kind first, so that a kind the cluster lacks stops us before any change.
     let mut resolved = Vec::new();
     for m in desired {
-        let (ar, caps) = kinds.resolve(&m.gvk).await?.ok_or_else(|| KubeError::UnknownKind {
-            api_version: m.gvk.api_version(),
-            kind: m.gvk.kind.clone(),
-            file: m.file.display().to_string(),
-        })?;
+        let (ar, caps) = kinds
+            .resolve(&m.gvk)
+            .await?
+            .ok_or_else(|| KubeError::UnknownKind {
+                api_version: m.gvk.api_version(),
+                kind: m.gvk.kind.clone(),
+                file: m.file.display().to_string(),
+            })?;
         resolved.push((ar, caps));
     }
     let live = live_objects(&mut kinds, namespace, None).await?;
-    let existing: std::collections::BTreeSet<(String, String)> =
-        live.iter().map(|l| (l.kind.clone(), l.name.clone())).collect();
+    let existing: std::collections::BTreeSet<(String, String)> = live
+        .iter()
+        .map(|l| (l.kind.clone(), l.name.clone()))
+        .collect();
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = options.force_conflicts;
     params.dry_run = options.dry_run;
@@ -246,7 +260,9 @@ pub async fn apply(
     }
     for l in manifests::prune_plan(desired, &live) {
         let gvk = manifests::gvk_of(&l.api_version, &l.kind);
-        let Some((ar, caps)) = kinds.resolve(&gvk).await? else { continue };
+        let Some((ar, caps)) = kinds.resolve(&gvk).await? else {
+            continue;
+        };
         let api = kinds.api(&ar, &caps, namespace);
         let dp = DeleteParams {
             dry_run: options.dry_run,
@@ -265,15 +281,24 @@ pub async fn apply(
         let waiting: Vec<&Manifest> = desired.iter().filter(|m| m.replicas() > 0).collect();
         if !waiting.is_empty() {
             let names: Vec<String> = waiting.iter().map(|m| m.name()).collect();
-            progress(&format!("waiting up to {}s for {} to roll out", timeout.as_secs(), names.join(", ")));
-            summary.rolled_out = wait_rollouts(&client, namespace, &names, timeout, progress).await?;
+            progress(&format!(
+                "waiting up to {}s for {} to roll out",
+                timeout.as_secs(),
+                names.join(", ")
+            ));
+            summary.rolled_out =
+                wait_rollouts(&client, namespace, &names, timeout, progress).await?;
         }
     }
     Ok(summary)
 }
 
 /// Live objects labelled as managed by cubeflash (and, with `function`, belonging to it).
-async fn live_objects(kinds: &mut Kinds, namespace: &str, function: Option<&str>) -> Result<Vec<LiveObject>, KubeError> {
+async fn live_objects(
+    kinds: &mut Kinds,
+    namespace: &str,
+    function: Option<&str>,
+) -> Result<Vec<LiveObject>, KubeError> {
     let mut selector = managed_selector();
     if let Some(f) = function {
         selector.push_str(&format!(",{}={f}", labels::FUNCTION));
@@ -281,7 +306,9 @@ async fn live_objects(kinds: &mut Kinds, namespace: &str, function: Option<&str>
     let mut out = Vec::new();
     for (api_version, kind) in manifests::PRUNABLE {
         let gvk = manifests::gvk_of(api_version, kind);
-        let Some((ar, caps)) = kinds.resolve(&gvk).await? else { continue };
+        let Some((ar, caps)) = kinds.resolve(&gvk).await? else {
+            continue;
+        };
         let list = kinds
             .api(&ar, &caps, namespace)
             .list(&ListParams::default().labels(&selector))
@@ -363,7 +390,10 @@ async fn not_ready_report(client: &Client, namespace: &str, name: &str) -> Strin
     if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
         for p in list.items {
             let pod = p.name_any();
-            let statuses = p.status.and_then(|s| s.container_statuses).unwrap_or_default();
+            let statuses = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
             for cs in statuses {
                 if let Some(w) = cs.state.and_then(|s| s.waiting) {
                     out.push_str(&format!(
@@ -398,9 +428,15 @@ pub async fn delete_function(
     let mut deleted = Vec::new();
     for l in manifests::prune_plan(&[], &live) {
         let gvk = manifests::gvk_of(&l.api_version, &l.kind);
-        let Some((ar, caps)) = kinds.resolve(&gvk).await? else { continue };
+        let Some((ar, caps)) = kinds.resolve(&gvk).await? else {
+            continue;
+        };
         let shown = format!("{}/{}", l.kind, l.name);
-        match kinds.api(&ar, &caps, namespace).delete(&l.name, &DeleteParams::background()).await {
+        match kinds
+            .api(&ar, &caps, namespace)
+            .delete(&l.name, &DeleteParams::background())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(classify(e, "delete", &ar.plural, namespace, &shown, url)),
@@ -413,7 +449,11 @@ pub async fn delete_function(
 
 /// The functions in the namespace, as `list` and `describe` show them: replicas desired and
 /// ready, of the function and of its baseline.
-pub async fn functions(client: Client, url: &str, namespace: &str) -> Result<Vec<Value>, KubeError> {
+pub async fn functions(
+    client: Client,
+    url: &str,
+    namespace: &str,
+) -> Result<Vec<Value>, KubeError> {
     let api: Api<Deployment> = Api::namespaced(client, namespace);
     let list = api
         .list(&ListParams::default().labels(&managed_selector()))
@@ -427,12 +467,15 @@ pub async fn functions(client: Client, url: &str, namespace: &str) -> Result<Vec
     };
     let label = |d: &Deployment, key: &str| d.labels().get(key).cloned().unwrap_or_default();
     let mut out = Vec::new();
-    for d in list.items.iter().filter(|d| label(d, labels::COMPONENT) == "function") {
+    for d in list
+        .items
+        .iter()
+        .filter(|d| label(d, labels::COMPONENT) == "function")
+    {
         let name = label(d, labels::FUNCTION);
-        let baseline = list
-            .items
-            .iter()
-            .find(|b| label(b, labels::COMPONENT) == "baseline" && label(b, labels::FUNCTION) == name);
+        let baseline = list.items.iter().find(|b| {
+            label(b, labels::COMPONENT) == "baseline" && label(b, labels::FUNCTION) == name
+        });
         out.push(json!({
             "name": name,
             "namespace": namespace,
@@ -444,7 +487,13 @@ pub async fn functions(client: Client, url: &str, namespace: &str) -> Result<Vec
 }
 
 /// Recent events of a function's Deployment (scale-ups and downs among them), newest last.
-pub async fn recent_events(client: Client, url: &str, namespace: &str, function: &str, limit: usize) -> Result<Vec<Value>, KubeError> {
+pub async fn recent_events(
+    client: Client,
+    url: &str,
+    namespace: &str,
+    function: &str,
+    limit: usize,
+) -> Result<Vec<Value>, KubeError> {
     let api: Api<Event> = Api::namespaced(client, namespace);
     let fields = format!("involvedObject.kind=Deployment,involvedObject.name={function}");
     let list = api

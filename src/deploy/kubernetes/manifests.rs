@@ -229,6 +229,9 @@ mod tests {
                 live("Service", "old"),
             ],
         );
-        assert_eq!(plan, vec![live("Service", "old"), live("ConfigMap", "old-code")]);
+        assert_eq!(
+            plan,
+            vec![live("Service", "old"), live("ConfigMap", "old-code")]
+        );
     }
 }
