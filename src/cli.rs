@@ -158,6 +158,9 @@ pub enum Command {
         /// Requests that may wait for a function to scale up.
         #[arg(long, default_value_t = 100)]
         queue_size: u32,
+        /// Largest request body, in bytes; larger ones get 413.
+        #[arg(long, default_value_t = 6 * 1024 * 1024)]
+        max_body_size: u64,
         /// The kubeconfig context (default: in-cluster, else the current context).
         #[arg(long)]
         context: Option<String>,

@@ -102,6 +102,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             bind,
             port,
             queue_size,
+            max_body_size,
             context,
         } => kubernetes::gateway(
             &mut out,
@@ -109,6 +110,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 namespace,
                 routes_configmap,
                 queue_size,
+                max_body_size,
             },
             std::net::SocketAddr::new(bind, port),
             context.as_deref(),

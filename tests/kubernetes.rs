@@ -47,6 +47,12 @@ struct State {
 impl State {
     /// Sends a MODIFIED event to every watch of `collection`.
     fn notify(&mut self, collection: &str, object: &Value) {
+        let version = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.version);
+        self.events
+            .push((version, collection.to_string(), object.clone()));
         let line = Bytes::from(format!(
             "{}\n",
             json!({"type": "MODIFIED", "object": object})
@@ -802,6 +808,8 @@ fn start_gateway(dir: &Path, kubeconfig: &Path) -> KubeGatewayProcess {
             "127.0.0.1",
             "--port",
             "0",
+            "--max-body-size",
+            "1000",
         ])
         .current_dir(dir)
         .env("KUBECONFIG", kubeconfig)
@@ -849,11 +857,22 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
             .replace("http://a.demo.svc:8080", &replica.url(""));
         cm["data"]["routes.json"] = json!(routes);
     }
-    let gw = start_gateway(dir.path(), &kc);
     api.clear_seen();
+    let gw = start_gateway(dir.path(), &kc);
 
     let started = Instant::now();
-    let resp = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap();
+    let resp = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:#?}",
+            api.state
+                .lock()
+                .unwrap()
+                .seen
+                .iter()
+                .map(|s| format!("{} {} {:?}", s.method, s.path, s.query))
+                .collect::<Vec<_>>()
+        )
+    });
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers().contains_key("x-cubeflash-cold-start"),
@@ -876,6 +895,13 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
     let resp = reqwest::blocking::get(format!("{}/hello", gw.url)).unwrap();
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("x-cubeflash-cold-start"));
+    // Bodies over gateway.maxBodySize are refused, as on the local platform.
+    let big = reqwest::blocking::Client::new()
+        .post(format!("{}/function/a", gw.url))
+        .body(vec![b'x'; 2000])
+        .send()
+        .unwrap();
+    assert_eq!(big.status(), 413);
     // Unknown paths are 404 JSON, as on the local platform.
     let resp = reqwest::blocking::get(format!("{}/nothing", gw.url)).unwrap();
     assert_eq!(resp.status(), 404);

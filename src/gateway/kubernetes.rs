@@ -93,6 +93,7 @@ pub struct KubeGatewayConfig {
     pub namespace: String,
     pub routes_configmap: String,
     pub queue_size: u32,
+    pub max_body_size: u64,
 }
 
 pub struct KubeGateway {
@@ -332,7 +333,11 @@ impl KubeGateway {
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<GatewayBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<GatewayBody> {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return json_response(
@@ -385,7 +390,7 @@ impl KubeGateway {
             waited = Some(start.elapsed());
         }
         f.live.inflight.fetch_add(1, Ordering::Relaxed);
-        let response = self.forward(&f, req, &tail).await;
+        let response = self.forward(&f, req, &tail, client).await;
         f.live.inflight.fetch_sub(1, Ordering::Relaxed);
         let mut response =
             response.unwrap_or_else(|(status, msg)| json_error(status, &msg, Some(&name)));
@@ -402,12 +407,19 @@ impl KubeGateway {
         f: &Function,
         req: Request<Incoming>,
         tail: &str,
+        client: SocketAddr,
     ) -> Result<Response<GatewayBody>, (StatusCode, String)> {
         let (mut parts, body) = req.into_parts();
-        let body = body
+        let body = http_body_util::Limited::new(body, self.config.max_body_size as usize)
             .collect()
             .await
             .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the request body is larger than the gateway's limit of {} bytes (gateway.maxBodySize)", self.config.max_body_size),
+                    );
+                }
                 (
                     StatusCode::BAD_REQUEST,
                     format!("failed to read the request body: {e}"),
@@ -427,7 +439,7 @@ impl KubeGateway {
             )
         })?;
         super::proxy::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(hyper::header::HOST);
+        super::proxy::add_forwarded(&mut parts.headers, client);
         let upstream = Request::from_parts(parts, Full::new(body));
         let resp = tokio::time::timeout(f.timeout, self.http.request(upstream))
             .await
@@ -516,14 +528,14 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = &mut shutdown => return,
         };
-        let Ok((stream, _peer)): Result<(tokio::net::TcpStream, SocketAddr), _> = accepted else {
+        let Ok((stream, peer)): Result<(tokio::net::TcpStream, SocketAddr), _> = accepted else {
             continue;
         };
         let gw = gateway.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(gw.handle(req).await) }
+                async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)

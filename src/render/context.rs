@@ -41,6 +41,10 @@ pub struct GatewayContext {
     pub port: u32,
     pub url: String,
     pub routes_config_map: &'static str,
+    /// Requests that may wait for a scale-up, per function.
+    pub queue_size: u32,
+    /// Largest request body, in bytes.
+    pub max_body_size: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +69,8 @@ impl ProjectContext {
                     project.namespace, project.gateway.port
                 ),
                 routes_config_map: ROUTES_CONFIGMAP,
+                queue_size: project.gateway.queue_size,
+                max_body_size: project.gateway.max_body_size,
             },
             uid: RUN_AS_UID,
         }
