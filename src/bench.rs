@@ -146,19 +146,51 @@ impl StepRecord {
         out
     }
 
-    /// summary.csv rows: (mode column, histogram, errors).
-    pub fn rows(&self) -> Vec<(String, &Latency, ErrorCounts)> {
+    /// The rows summary.csv, the report and the terminal table show: the measured figures,
+    /// then the uncorrected ones (open loop), then the warm-up ones.
+    pub fn rows(&self) -> Vec<Row<'_>> {
         let o = &self.outcome;
         let name = self.mode.name();
-        let mut rows = vec![(name.to_string(), &o.latency, o.errors)];
+        let rps = (self.mode != Mode::Cold).then(|| o.rps());
+        let mut rows = vec![Row {
+            mode: name.to_string(),
+            latency: &o.latency,
+            errors: o.errors,
+            rps,
+            measured: true,
+        }];
         if let Some(u) = &o.uncorrected {
-            rows.push((format!("{name}-uncorrected"), u, o.errors));
+            rows.push(Row {
+                mode: format!("{name}-uncorrected"),
+                latency: u,
+                errors: o.errors,
+                rps,
+                measured: true,
+            });
         }
         if !o.warmup.is_empty() || o.warmup_errors.total() > 0 {
-            rows.push((format!("{name}-warmup"), &o.warmup, o.warmup_errors));
+            rows.push(Row {
+                mode: format!("{name}-warmup"),
+                latency: &o.warmup,
+                errors: o.warmup_errors,
+                rps: None,
+                measured: false,
+            });
         }
         rows
     }
+}
+
+/// One row of figures of a record.
+pub struct Row<'a> {
+    /// `closed`, `open-uncorrected`, `closed-warmup`, ...
+    pub mode: String,
+    pub latency: &'a Latency,
+    pub errors: ErrorCounts,
+    /// Answers per second of the measured part (none for cold starts and warm-up).
+    pub rps: Option<f64>,
+    /// False for warm-up rows.
+    pub measured: bool,
 }
 
 /// What the command line shows while a run goes on.

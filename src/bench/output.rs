@@ -160,20 +160,16 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
     let mut w = csv::Writer::from_path(path)?;
     w.write_record(SUMMARY_COLUMNS)?;
     for r in records {
-        for (mode, h, errors) in r.rows() {
-            let f = hist::figures(h);
-            let e = errors;
+        for row in r.rows() {
+            let f = hist::figures(row.latency);
+            let e = row.errors;
             let (concurrency, rate) = match r.mode {
                 Mode::Closed { concurrency } => (concurrency.to_string(), String::new()),
                 Mode::Open { rate } => (String::new(), fmt_num(rate)),
                 Mode::Cold => (String::new(), String::new()),
             };
-            let rps = if mode.ends_with("warmup") || matches!(r.mode, Mode::Cold) {
-                String::new()
-            } else {
-                format!("{:.1}", r.outcome.rps())
-            };
-            let (achieved, late, missed) = match (&r.outcome.schedule, mode.ends_with("warmup")) {
+            let rps = row.rps.map_or(String::new(), |v| format!("{v:.1}"));
+            let (achieved, late, missed) = match (&r.outcome.schedule, !row.measured) {
                 (Some(s), false) => (
                     format!("{:.1}", s.achieved_rate),
                     format!("{:.3}", s.max_late.as_secs_f64() * 1000.0),
@@ -184,7 +180,7 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
             let ms = |v: f64| format!("{v:.3}");
             w.write_record([
                 r.target.clone(),
-                mode,
+                row.mode,
                 concurrency,
                 rate,
                 f.count.to_string(),

@@ -268,13 +268,9 @@ fn cost_section(page: &mut String, run: &RunResult) {
 fn summary_table(page: &mut String, records: &[StepRecord]) {
     page.push_str("<h2>All figures</h2>\n<table><tr><th>target</th><th>mode</th><th>step</th><th>requests</th><th>errors</th><th>req/s</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>\n");
     for r in records {
-        for (mode, h, errors) in r.rows() {
-            let f = hist::figures(h);
-            let rps = if mode == r.mode.name() && r.mode != Mode::Cold {
-                format!("{:.0}", r.outcome.rps())
-            } else {
-                String::new()
-            };
+        for row in r.rows() {
+            let (f, errors, mode) = (hist::figures(row.latency), row.errors, row.mode);
+            let rps = row.rps.map_or(String::new(), |v| format!("{v:.0}"));
             let e = if errors.total() > 0 {
                 format!("{} ({})", errors.total(), errors.describe())
             } else {

@@ -307,13 +307,9 @@ fn table(out: &mut impl Write, records: &[StepRecord]) -> Result<()> {
         "target", "mode", "requests", "errors", "req/s", "mean", "p50", "p90", "p99", "max"
     )?;
     for r in records {
-        for (mode, h, errors) in r.rows() {
-            let f = hist::figures(h);
-            let rps = if mode == r.mode.name() && r.mode != Mode::Cold {
-                format!("{:.0}", r.outcome.rps())
-            } else {
-                "-".into()
-            };
+        for row in r.rows() {
+            let (f, errors, mode) = (hist::figures(row.latency), row.errors, row.mode);
+            let rps = row.rps.map_or("-".into(), |v| format!("{v:.0}"));
             writeln!(
                 out,
                 "{:<28} {:<18} {:>9} {:>7} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",

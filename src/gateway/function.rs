@@ -10,7 +10,7 @@ use crate::runtime::replicas::{ProbeClient, ReplicaSet};
 use crate::spec::Function;
 
 use super::metrics::{label, CodeLabels, Metrics, StartLabels};
-use super::scaler::{self, ScaleInput};
+use super::scaler;
 
 /// How long in-flight requests may take to finish before a replica is stopped anyway.
 fn drain_grace(f: &Function) -> Duration {
@@ -152,29 +152,19 @@ impl FunctionState {
         let spec = &self.function.spec.scale;
         let current = self.serverless.running();
         let demand = self.inflight.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed);
-        let wanted_now = demand
-            .div_ceil(spec.concurrency.max(1))
-            .clamp(spec.min, spec.max);
-        let below_for = {
-            let mut below = self.below_since.lock().expect("below lock");
-            if wanted_now < current {
-                below.get_or_insert_with(Instant::now).elapsed()
-            } else {
-                *below = None;
-                Duration::ZERO
-            }
-        };
-        let desired = scaler::decide(ScaleInput {
-            demand,
-            current,
+        let bounds = scaler::Bounds {
             min: spec.min,
             max: spec.max,
             concurrency: spec.concurrency,
-            since_request: self.since_request(),
             idle: spec.idle.value,
-            below_for,
-            stable_window: scaler::stable_window(spec.idle.value),
-        });
+        };
+        let desired = scaler::tick(
+            bounds,
+            current,
+            demand,
+            self.since_request(),
+            &self.below_since,
+        );
         if desired != current {
             self.serverless.scale_to(desired);
         }

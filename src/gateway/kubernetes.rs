@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::proxy::{GatewayBody, COLD_START};
-use super::scaler::{self, ScaleInput};
+use super::scaler;
 use super::{json_error, json_response};
 use crate::render::context::labels;
 use crate::spec::values::parse_duration;
@@ -277,29 +277,19 @@ impl KubeGateway {
                 let demand =
                     f.live.inflight.load(Ordering::Relaxed) + f.live.queued.load(Ordering::Relaxed);
                 let s = &f.entry.scale;
-                let wanted_now = demand
-                    .div_ceil(s.concurrency.max(1))
-                    .clamp(s.min, s.max.max(s.min));
-                let below_for = {
-                    let mut below = f.live.below_since.lock().expect("below lock");
-                    if wanted_now < current {
-                        below.get_or_insert_with(Instant::now).elapsed()
-                    } else {
-                        *below = None;
-                        Duration::ZERO
-                    }
-                };
-                let desired = scaler::decide(ScaleInput {
-                    demand,
-                    current,
+                let bounds = scaler::Bounds {
                     min: s.min,
                     max: s.max,
                     concurrency: s.concurrency,
-                    since_request: f.since_request(),
                     idle: f.idle,
-                    below_for,
-                    stable_window: scaler::stable_window(f.idle),
-                });
+                };
+                let desired = scaler::tick(
+                    bounds,
+                    current,
+                    demand,
+                    f.since_request(),
+                    &f.live.below_since,
+                );
                 if desired != current {
                     self.scale(f, current, desired).await;
                 }

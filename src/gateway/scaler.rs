@@ -1,6 +1,6 @@
 //! The autoscaler: a pure decision (how many replicas a function should have now) and the
-//! loop that applies it to every function a few times a second. The same decision will
-//! drive the Kubernetes backend.
+//! tick both backends run for every function a few times a second (the local one on its
+//! processes, the Kubernetes one through the scale subresource).
 
 use std::time::Duration;
 
@@ -46,6 +46,49 @@ pub fn decide(i: ScaleInput) -> u32 {
     } else {
         i.current
     }
+}
+
+/// A function's scaling settings, as both backends read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+    pub concurrency: u32,
+    pub idle: Duration,
+}
+
+/// One autoscaler tick for one function, on either backend: notes in `below_since` since
+/// when the wanted count has been below `current`, and returns the replicas it should have.
+pub fn tick(
+    bounds: Bounds,
+    current: u32,
+    demand: u32,
+    since_request: Duration,
+    below_since: &std::sync::Mutex<Option<std::time::Instant>>,
+) -> u32 {
+    let wanted_now = demand
+        .div_ceil(bounds.concurrency.max(1))
+        .clamp(bounds.min, bounds.max.max(bounds.min));
+    let below_for = {
+        let mut below = below_since.lock().expect("below lock");
+        if wanted_now < current {
+            below.get_or_insert_with(std::time::Instant::now).elapsed()
+        } else {
+            *below = None;
+            Duration::ZERO
+        }
+    };
+    decide(ScaleInput {
+        demand,
+        current,
+        min: bounds.min,
+        max: bounds.max,
+        concurrency: bounds.concurrency,
+        since_request,
+        idle: bounds.idle,
+        below_for,
+        stable_window: stable_window(bounds.idle),
+    })
 }
 
 /// The stable window for scaling down (not to zero): Knative's 60s is long for small
