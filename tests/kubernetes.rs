@@ -34,6 +34,8 @@ struct State {
     seen: Vec<Seen>,
     /// Refuse this method on this resource plural with 403.
     forbid: Option<(String, String)>,
+    /// Deployments with this name never finish rolling out.
+    stuck: Option<String>,
     /// Answer PATCH of this object name with 409.
     conflict: Option<String>,
     version: u64,
@@ -328,7 +330,12 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
             let mut obj = body.clone();
             obj["metadata"]["resourceVersion"] = json!(st.version.to_string());
             obj["metadata"]["uid"] = json!(format!("uid-{name}"));
-            if plural == "deployments" {
+            if plural == "deployments" && st.stuck.as_deref() == Some(name.as_str()) {
+                obj["status"] = json!({
+                    "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1,
+                    "conditions": [{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."}]
+                });
+            } else if plural == "deployments" {
                 let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
                 obj["status"] = json!({
                     "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
@@ -388,9 +395,11 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
                     selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
                         let (k, v) = kv.split_once('=').unwrap();
                         o["metadata"]["labels"][k] == v
-                    }) && field
-                        .strip_prefix("metadata.name=")
-                        .is_none_or(|n| o["metadata"]["name"] == n)
+                    }) && field.split(',').filter(|s| !s.is_empty()).all(|kv| {
+                        // Field selectors: a dotted path into the object = value.
+                        let (path, v) = kv.split_once('=').unwrap();
+                        path.split('.').fold(o, |at, key| &at[key]) == v
+                    })
                 })
                 .collect();
             respond(
@@ -451,7 +460,10 @@ fn repo() -> tempfile::TempDir {
 }
 
 fn deploy(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["deploy", "--target", "kubernetes", "--timeout", "10s"];
+    let mut args = vec!["deploy", "--target", "kubernetes"];
+    if !extra.contains(&"--timeout") {
+        args.extend_from_slice(&["--timeout", "10s"]);
+    }
     args.extend_from_slice(extra);
     std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
         .args(&args)
@@ -782,6 +794,37 @@ fn delete_removes_one_functions_objects_and_list_shows_replicas() {
     let again = run(&["rm", "a", "--target", "kubernetes"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("no function named \"a\" in namespace demo"));
+    // describe: replicas and the Deployment's recent events, selected by field.
+    {
+        let mut st = api.state.lock().unwrap();
+        let events = st.objects.entry(format!("{NS}/events")).or_default();
+        for (name, object, reason) in [
+            ("e1", "b", "ScalingReplicaSet"),
+            ("e2", "cubeflash-gateway", "Other"),
+        ] {
+            events.insert(
+                name.into(),
+                json!({
+                    "apiVersion": "v1", "kind": "Event",
+                    "metadata": {"name": name, "namespace": "demo"},
+                    "involvedObject": {"kind": "Deployment", "name": object, "namespace": "demo"},
+                    "reason": reason, "message": format!("Scaled up replica set {object}-5d8 to 1"),
+                    "lastTimestamp": "2026-11-27T01:00:00Z"
+                }),
+            );
+        }
+    }
+    let d = run(&["describe", "b", "--target", "kubernetes"]);
+    assert!(d.status.success(), "{}", text(&d.stderr));
+    let described: Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(described["name"], "b");
+    assert_eq!(described["replicas"], json!({"desired": 0, "ready": 0}));
+    let events = described["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "only b's: {events:?}");
+    assert_eq!(events[0]["reason"], "ScalingReplicaSet");
+    let again = run(&["rm", "a", "--target", "kubernetes"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("no function named \"a\" in namespace demo"));
 }
 
 /// `cubeflash gateway` started as a process against the fake API; killed when dropped.
@@ -964,4 +1007,48 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
         started.elapsed() >= Duration::from_secs(2),
         "not before the idle time"
     );
+}
+
+#[test]
+fn a_rollout_that_does_not_finish_is_explained_with_conditions_and_pod_reasons() {
+    let api = FakeApi::start();
+    {
+        let mut st = api.state.lock().unwrap();
+        st.stuck = Some("a-baseline".into());
+        // The Deployment's pod cannot pull its image.
+        st.objects.entry(format!("{NS}/pods")).or_default().insert(
+            "a-baseline-7c9f-x2".into(),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "a-baseline-7c9f-x2", "namespace": "demo", "labels": {"app.kubernetes.io/name": "a-baseline"}},
+                "spec": {"containers": [{"name": "function", "image": "python:3.12-slim"}]},
+                "status": {"containerStatuses": [{"name": "function", "image": "python:3.12-slim", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"python:3.12-slim\""}}}]}
+            }),
+        );
+    }
+    let dir = repo();
+    let kc = api.kubeconfig(dir.path());
+    let started = Instant::now();
+    let o = deploy(dir.path(), &kc, &["--timeout", "2s"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("timed out after 2s waiting for rollouts"),
+        "{err}"
+    );
+    assert!(err.contains("Deployment/a-baseline"), "{err}");
+    assert!(
+        err.contains("condition Available=False: MinimumReplicasUnavailable"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pod a-baseline-7c9f-x2 container function: waiting: ImagePullBackOff"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Deployment/cubeflash-gateway"),
+        "the ready ones are not listed: {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
 }

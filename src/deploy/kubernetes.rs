@@ -335,18 +335,28 @@ async fn wait_rollouts(
     use kube::runtime::wait::{await_condition, conditions};
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut done = Vec::new();
-    let mut pending = Vec::new();
-    for name in names {
-        let wait = await_condition(api.clone(), name, conditions::is_deployment_completed());
-        match tokio::time::timeout_at(deadline, wait).await {
-            Ok(Ok(_)) => {
-                progress(&format!("rolled out Deployment/{name}"));
-                done.push(name.clone());
+    // Each Deployment is judged on its own, all against the same deadline.
+    let mut waits: futures::stream::FuturesUnordered<_> = names
+        .iter()
+        .map(|name| {
+            let (api, name) = (api.clone(), name.clone());
+            async move {
+                let wait = await_condition(api, &name, conditions::is_deployment_completed());
+                let ok = matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(_)));
+                (name, ok)
             }
-            Ok(Err(_)) | Err(_) => pending.push(name.clone()),
+        })
+        .collect();
+    let (mut done, mut pending) = (Vec::new(), Vec::new());
+    while let Some((name, ok)) = futures::StreamExt::next(&mut waits).await {
+        if ok {
+            progress(&format!("rolled out Deployment/{name}"));
+            done.push(name);
+        } else {
+            pending.push(name);
         }
     }
+    pending.sort();
     if pending.is_empty() {
         return Ok(done);
     }
