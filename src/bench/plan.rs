@@ -487,6 +487,21 @@ impl AdHoc {
                 self.url
             )));
         }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(whole(&format!(
+                    "--rate {rate} is not a rate: give requests per second above zero, e.g. --rate 500"
+                )));
+            }
+        }
+        if self.requests == Some(0) {
+            return Err(whole("-n 0 sends nothing: give a request count above zero"));
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err(whole(
+                "-z 0s runs for no time: give a duration, e.g. -z 10s",
+            ));
+        }
         let step = match (self.rate, self.requests, self.duration) {
             (Some(_), Some(_), _) => {
                 return Err(whole(
