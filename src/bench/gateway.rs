@@ -1,0 +1,208 @@
+//! What the bench asks of the gateway: function targets resolved to URLs (and their
+//! baselines'), scale-to-zero through the admin API before a cold sample, and the
+//! replica-seconds each function held, from /metrics.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::http::{self, PreparedRequest};
+use super::plan::{self, Endpoint, Plan};
+use super::{BenchError, GatewayHandle, ResolvedTarget, Role};
+
+/// Turns the plan's targets into requests: function targets through the gateway (and their
+/// baselines, whose URL the admin API gives); then checks each one listens.
+pub async fn resolve_targets(
+    plan: &Plan,
+    gateway: Option<&GatewayHandle>,
+) -> Result<Vec<ResolvedTarget>, BenchError> {
+    let client = admin_client();
+    let mut out = Vec::new();
+    for t in &plan.targets {
+        let build = |name: &str, url: &str| {
+            PreparedRequest::new(url, &t.method, &t.headers, &t.body).map_err(|source| {
+                BenchError::Request {
+                    target: name.to_string(),
+                    source,
+                }
+            })
+        };
+        match &t.endpoint {
+            Endpoint::Url(url) => out.push(ResolvedTarget {
+                name: t.name.clone(),
+                role: Role::Url,
+                function: None,
+                request: build(&t.name, url)?,
+            }),
+            Endpoint::Function {
+                name,
+                path,
+                baseline,
+            } => {
+                let gw = gateway.ok_or(BenchError::NoGateway)?;
+                let info = admin_call(
+                    &client,
+                    gw,
+                    reqwest::Method::GET,
+                    &format!("/system/functions/{name}"),
+                    None,
+                )
+                .await
+                .map_err(|e| match e {
+                    BenchError::Admin { detail, .. } if detail.contains("404") => {
+                        BenchError::UnknownFunction(name.clone())
+                    }
+                    e => e,
+                })?;
+                let url = format!("{}/function/{name}{path}", gw.url);
+                out.push(ResolvedTarget {
+                    name: t.name.clone(),
+                    role: Role::Serverless,
+                    function: Some(name.clone()),
+                    request: build(&t.name, &url)?,
+                });
+                if *baseline {
+                    if let Some(base) = info["baselineUrl"].as_str() {
+                        let bname = plan::baseline_name(&t.name);
+                        let url = format!("{}{path}", base.trim_end_matches('/'));
+                        out.push(ResolvedTarget {
+                            name: bname.clone(),
+                            role: Role::Baseline,
+                            function: Some(name.clone()),
+                            request: build(&bname, &url)?,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for t in &out {
+        http::probe(t.request.addr, Duration::from_secs(3))
+            .await
+            .map_err(|source| BenchError::Unreachable {
+                target: t.name.clone(),
+                url: t.request.url.clone(),
+                source,
+            })?;
+    }
+    Ok(out)
+}
+
+pub(super) async fn scale_to_zero(
+    client: &reqwest::Client,
+    gw: &GatewayHandle,
+    function: &str,
+) -> Result<(), BenchError> {
+    let path = format!("/system/functions/{function}");
+    admin_call(
+        client,
+        gw,
+        reqwest::Method::POST,
+        &format!("{path}/scale"),
+        Some(serde_json::json!({"replicas": 0})),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = admin_call(client, gw, reqwest::Method::GET, &path, None).await?;
+        let replicas = &f["replicas"];
+        if replicas["desired"].as_u64() == Some(0) && replicas["ready"].as_u64() == Some(0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Admin {
+                url: gw.url.clone(),
+                detail: format!("{function} still has replicas 30s after scaling it to zero"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub(super) fn admin_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+async fn admin_call(
+    client: &reqwest::Client,
+    gw: &GatewayHandle,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, BenchError> {
+    let mut req = client
+        .request(method, format!("{}{path}", gw.url))
+        .bearer_auth(&gw.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let fail = |detail: String| BenchError::Admin {
+        url: gw.url.clone(),
+        detail,
+    };
+    let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let value: Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(fail(format!(
+            "{status}: {}",
+            value["error"].as_str().unwrap_or("no detail")
+        )));
+    }
+    Ok(value)
+}
+
+/// `cubeflash_replica_seconds_total` by "function/kind", from the gateway's /metrics.
+pub(super) async fn replica_seconds(
+    client: &reqwest::Client,
+    gw: &GatewayHandle,
+) -> BTreeMap<String, f64> {
+    let Ok(resp) = client.get(format!("{}/metrics", gw.url)).send().await else {
+        return BTreeMap::new();
+    };
+    let text = resp.text().await.unwrap_or_default();
+    parse_replica_seconds(&text)
+}
+
+fn parse_replica_seconds(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("cubeflash_replica_seconds_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                kv.strip_prefix(&format!("{name}=\""))
+                    .and_then(|v| v.strip_suffix('"'))
+            })
+        };
+        if let (Some(f), Some(k), Ok(v)) = (
+            label("function"),
+            label("kind"),
+            value.trim().parse::<f64>(),
+        ) {
+            out.insert(format!("{f}/{k}"), v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_seconds_are_read_per_function_and_kind() {
+        let text = "# TYPE x counter\ncubeflash_replica_seconds_total{function=\"q\",kind=\"serverless\"} 1.5\ncubeflash_replica_seconds_total{function=\"q\",kind=\"baseline\"} 30.0\n";
+        let m = parse_replica_seconds(text);
+        assert_eq!(m["q/serverless"], 1.5);
+        assert_eq!(m["q/baseline"], 30.0);
+    }
+}
