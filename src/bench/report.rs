@@ -342,6 +342,17 @@ fn y_log_range(series: &[Series]) -> std::ops::Range<f64> {
     lo..hi.max(lo * 10.0)
 }
 
+/// An axis label: no trailing `.0`, thousands as `12k`.
+fn tick(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
+}
+
 /// One line chart as an inline SVG element.
 fn chart<X, Y>(title: &str, x_label: &str, y_label: &str, x: X, y: Y, series: &[Series]) -> String
 where
@@ -362,6 +373,8 @@ where
                 .y_label_area_size(56)
                 .build_cartesian_2d(x, y)?;
             c.configure_mesh()
+                .x_label_formatter(&|v: &f64| tick(*v))
+                .y_label_formatter(&|v: &f64| tick(*v))
                 .x_desc(x_label)
                 .y_desc(y_label)
                 .label_style(("sans-serif", 11))
