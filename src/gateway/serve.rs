@@ -132,7 +132,7 @@ async fn autoscale_loop(gateway: Arc<Gateway>) {
         last = now;
         let functions = gateway.routes().functions();
         // About once a second: close pooled connections to replicas that have stopped.
-        if ticks % 10 == 0 {
+        if ticks.is_multiple_of(10) {
             let live: std::collections::HashSet<std::net::SocketAddr> = functions
                 .iter()
                 .flat_map(|f| f.serverless.ready())
