@@ -47,6 +47,13 @@ fn deploy(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> std::process::Output
         .unwrap()
 }
 
+/// Deploys `dir` against `kubeconfig` expecting the error exit code; returns the message.
+fn deploy_fails(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> String {
+    let o = deploy(dir, kubeconfig, extra);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stdout));
+    text(&o.stderr)
+}
+
 fn writes(seen: &[Seen]) -> Vec<&Seen> {
     seen.iter()
         .filter(|s| s.method == "PATCH" || s.method == "DELETE")
@@ -234,9 +241,7 @@ fn a_forbidden_request_names_the_verb_resource_and_namespace() {
     api.state.lock().unwrap().forbid = Some(("PATCH".into(), "deployments".into()));
     let dir = repo();
     let kc = api.kubeconfig(dir.path());
-    let o = deploy(dir.path(), &kc, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
+    let err = deploy_fails(dir.path(), &kc, &[]);
     assert!(
         err.contains("the cluster refused to patch deployments in namespace demo"),
         "{err}"
@@ -253,9 +258,7 @@ fn a_conflict_with_another_field_manager_is_explained_and_force_takes_over() {
     api.state.lock().unwrap().conflict = Some("a".into());
     let dir = repo();
     let kc = api.kubeconfig(dir.path());
-    let o = deploy(dir.path(), &kc, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
+    let err = deploy_fails(dir.path(), &kc, &[]);
     assert!(
         err.contains("Deployment/a: fields are owned by another field manager"),
         "{err}"
@@ -278,9 +281,7 @@ fn an_unreachable_api_server_fails_within_the_connect_timeout() {
     let port = common::free_port();
     let kc = kubeconfig_for(dir.path(), &format!("http://127.0.0.1:{port}"));
     let started = Instant::now();
-    let o = deploy(dir.path(), &kc, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
+    let err = deploy_fails(dir.path(), &kc, &[]);
     assert!(
         err.contains(&format!(
             "cannot reach the Kubernetes API server at http://127.0.0.1:{port}"
@@ -603,9 +604,7 @@ fn a_rollout_that_does_not_finish_is_explained_with_conditions_and_pod_reasons()
     let dir = repo();
     let kc = api.kubeconfig(dir.path());
     let started = Instant::now();
-    let o = deploy(dir.path(), &kc, &["--timeout", "2s"]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
+    let err = deploy_fails(dir.path(), &kc, &["--timeout", "2s"]);
     assert!(
         err.contains("timed out after 2s waiting for rollouts"),
         "{err}"
