@@ -111,6 +111,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 routes_configmap,
                 queue_size,
                 max_body_size,
+                admin_token: std::env::var("CUBEFLASH_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
             },
             std::net::SocketAddr::new(bind, port),
             context.as_deref(),

@@ -430,6 +430,7 @@ fn start_gateway(dir: &Path, kubeconfig: &Path) -> KubeGatewayProcess {
         ])
         .current_dir(dir)
         .env("KUBECONFIG", kubeconfig)
+        .env("CUBEFLASH_ADMIN_TOKEN", "secret-token")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -508,6 +509,58 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
         scale[0].query.get("fieldManager").map(String::as_str),
         Some("cubeflash-gateway")
     );
+    // The admin API and /metrics, as on the local platform.
+    let admin = |method: reqwest::Method, path: &str, token: &str| {
+        reqwest::blocking::Client::new()
+            .request(method, format!("{}{path}", gw.url))
+            .bearer_auth(token)
+            .json(&json!({"replicas": 2}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        admin(reqwest::Method::GET, "/system/functions", "wrong").status(),
+        401
+    );
+    let a: Value = admin(reqwest::Method::GET, "/system/functions/a", "secret-token")
+        .json()
+        .unwrap();
+    assert_eq!(a["replicas"], json!({"desired": 1, "ready": 1}), "{a}");
+    assert_eq!(a["coldStarts"], 1, "{a}");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", gw.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "cubeflash_requests_total{function=\"a\",code=\"200\"} 1",
+        "cubeflash_cold_starts_total{function=\"a\"} 1",
+        "cubeflash_replicas{function=\"a\",state=\"ready\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["ls", "--gateway", &gw.url])
+        .current_dir(dir.path())
+        .env("CUBEFLASH_ADMIN_TOKEN", "secret-token")
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    assert!(
+        text(&ls.stdout).contains("/function/a"),
+        "{}",
+        text(&ls.stdout)
+    );
+    let scaled = admin(
+        reqwest::Method::POST,
+        "/system/functions/a/scale",
+        "secret-token",
+    );
+    assert_eq!(scaled.status(), 200);
+    assert!(api
+        .seen()
+        .iter()
+        .any(|s| s.path.ends_with("/deployments/a/scale")
+            && s.body == json!({"spec": {"replicas": 2}})));
     // A trigger path routes to the same function, now warm: no second scale-up.
     let resp = reqwest::blocking::get(format!("{}/hello", gw.url)).unwrap();
     assert_eq!(resp.status(), 200);

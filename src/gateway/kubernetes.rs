@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Notify;
 
+use super::metrics::{label, CodeLabels, KindLabels, Metrics, StartLabels};
 use super::proxy::{GatewayBody, COLD_START};
 use super::scaler;
 use super::{json_error, json_response};
@@ -32,6 +33,8 @@ use crate::render::context::labels;
 use crate::spec::values::parse_duration;
 
 /// The field manager of the gateway's scale patches.
+mod admin;
+
 pub const SCALE_MANAGER: &str = "cubeflash-gateway";
 const ROUTES_KEY: &str = "routes.json";
 
@@ -46,12 +49,20 @@ struct RouteEntry {
     deployment: String,
     service: String,
     #[serde(default)]
+    baseline: Option<BaselineEntry>,
+    #[serde(default)]
     triggers: Vec<serde_json::Value>,
     scale: ScaleEntry,
     timeout: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+struct BaselineEntry {
+    deployment: String,
+    service: String,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ScaleEntry {
     min: u32,
@@ -82,6 +93,9 @@ struct Live {
     known: std::sync::atomic::AtomicBool,
     inflight: AtomicU32,
     queued: AtomicU32,
+    /// Ready replicas of the function's always-on baseline Deployment.
+    baseline_ready: AtomicU32,
+    cold_starts: AtomicU32,
     last_request: Mutex<Option<Instant>>,
     below_since: Mutex<Option<Instant>>,
     became_ready: Notify,
@@ -94,12 +108,15 @@ pub struct KubeGatewayConfig {
     pub routes_configmap: String,
     pub queue_size: u32,
     pub max_body_size: u64,
+    /// Bearer token of the admin API under /system/ (none: the admin API is off).
+    pub admin_token: Option<String>,
 }
 
 pub struct KubeGateway {
     client: Client,
     config: KubeGatewayConfig,
     functions: RwLock<Arc<HashMap<String, Arc<Function>>>>,
+    metrics: Metrics,
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -119,6 +136,7 @@ impl KubeGateway {
             client,
             config,
             functions: RwLock::new(Arc::new(HashMap::new())),
+            metrics: Metrics::default(),
             http,
         })
     }
@@ -213,15 +231,25 @@ impl KubeGateway {
             };
             let name = d.metadata.name.clone().unwrap_or_default();
             let functions = self.functions();
-            let Some(f) = functions.values().find(|f| f.entry.deployment == name) else {
-                continue;
-            };
             let ready = d
                 .status
                 .as_ref()
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0)
                 .max(0) as u32;
+            let baseline_of = |f: &&Arc<Function>| {
+                f.entry
+                    .baseline
+                    .as_ref()
+                    .is_some_and(|b| b.deployment == name)
+            };
+            if let Some(f) = functions.values().find(baseline_of) {
+                f.live.baseline_ready.store(ready, Ordering::Relaxed);
+                continue;
+            }
+            let Some(f) = functions.values().find(|f| f.entry.deployment == name) else {
+                continue;
+            };
             f.live.ready.store(ready, Ordering::Release);
             if let Some(spec) = d.spec.as_ref().and_then(|s| s.replicas) {
                 if !f.live.known.swap(true, Ordering::AcqRel) {
@@ -269,10 +297,26 @@ impl KubeGateway {
     }
 
     async fn autoscale_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let every = Duration::from_millis(500);
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             for f in self.functions().values() {
+                for (kind, n) in [
+                    ("serverless", f.live.desired.load(Ordering::Relaxed)),
+                    ("baseline", f.live.baseline_ready.load(Ordering::Relaxed)),
+                ] {
+                    if n > 0 {
+                        let labels = KindLabels {
+                            function: f.entry.name.clone(),
+                            kind,
+                        };
+                        self.metrics
+                            .replica_seconds
+                            .get_or_create(&labels)
+                            .inc_by(f64::from(n) * every.as_secs_f64());
+                    }
+                }
                 let current = f.live.desired.load(Ordering::Relaxed);
                 let demand =
                     f.live.inflight.load(Ordering::Relaxed) + f.live.queued.load(Ordering::Relaxed);
@@ -335,6 +379,13 @@ impl KubeGateway {
                 &json!({"status": "ok", "backend": "kubernetes"}),
             );
         }
+        if path == "/metrics" {
+            return self.metrics_response();
+        }
+        if path.starts_with("/system/") {
+            return self.admin(req).await;
+        }
+        let started = Instant::now();
         let Some((f, tail)) = self.route(&path) else {
             return json_error(
                 StatusCode::NOT_FOUND,
@@ -342,20 +393,46 @@ impl KubeGateway {
                 None,
             );
         };
+        let (response, cold) = self.call(&f, req, &tail, client).await;
+        let function = f.entry.name.clone();
+        self.metrics
+            .requests
+            .get_or_create(&CodeLabels {
+                function: function.clone(),
+                code: response.status().as_u16(),
+            })
+            .inc();
+        let start = if cold { "cold" } else { "warm" };
+        self.metrics
+            .duration
+            .get_or_create(&StartLabels { function, start })
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    /// Waits for a replica if there is none (scaling up from zero), then forwards; says
+    /// whether the request waited for a cold start.
+    async fn call(
+        &self,
+        f: &Arc<Function>,
+        req: Request<Incoming>,
+        tail: &str,
+        client: SocketAddr,
+    ) -> (Response<GatewayBody>, bool) {
+        let reject = |status, msg: &str| (json_error(status, msg, Some(&f.entry.name)), false);
         *f.live.last_request.lock().expect("last request lock") = Some(Instant::now());
         let name = f.entry.name.clone();
         let mut waited = None;
         if f.live.ready.load(Ordering::Acquire) == 0 {
             if f.live.queued.load(Ordering::Relaxed) >= self.config.queue_size {
-                return json_error(
+                return reject(
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many requests are waiting for this function to scale up",
-                    Some(&name),
                 );
             }
             f.live.queued.fetch_add(1, Ordering::Relaxed);
             let start = Instant::now();
-            self.scale(&f, 0, 1).await;
+            self.scale(f, 0, 1).await;
             let ready = tokio::time::timeout(f.cold_start_timeout, async {
                 loop {
                     let notified = f.live.became_ready.notified();
@@ -368,28 +445,29 @@ impl KubeGateway {
             .await;
             f.live.queued.fetch_sub(1, Ordering::Relaxed);
             if ready.is_err() {
-                return json_error(
+                return reject(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
                         "{name} had no ready replica within its cold start timeout ({})",
                         f.entry.scale.cold_start_timeout
                     ),
-                    Some(&name),
                 );
             }
             waited = Some(start.elapsed());
         }
         f.live.inflight.fetch_add(1, Ordering::Relaxed);
-        let response = self.forward(&f, req, &tail, client).await;
+        let response = self.forward(f, req, tail, client).await;
         f.live.inflight.fetch_sub(1, Ordering::Relaxed);
         let mut response =
             response.unwrap_or_else(|(status, msg)| json_error(status, &msg, Some(&name)));
         if let Some(w) = waited {
+            f.live.cold_starts.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cold_starts.get_or_create(&label(&name)).inc();
             if let Ok(v) = hyper::header::HeaderValue::from_str(&w.as_millis().to_string()) {
                 response.headers_mut().insert(COLD_START, v);
             }
         }
-        response
+        (response, waited.is_some())
     }
 
     async fn forward(
@@ -479,6 +557,8 @@ impl Live {
             known: std::sync::atomic::AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
+            baseline_ready: AtomicU32::new(0),
+            cold_starts: AtomicU32::new(0),
             last_request: Mutex::new(Some(Instant::now())),
             below_since: Mutex::new(None),
             became_ready: Notify::new(),
