@@ -228,7 +228,7 @@ impl<W: Write> Observer for Screen<'_, W> {
             .map_or("-".to_string(), |v| format!("{v:.2} ms"));
         let phase = if p.warming_up { " (warm-up)" } else { "" };
         bar.set_message(format!(
-            "{} done  {rps:.0} req/s  {} errors  p99 {p99}{phase}",
+            "{} done, {rps:.0}/s, {} err, p99 {p99}{phase}",
             p.done, p.errors
         ));
         match self.expected {
@@ -251,7 +251,7 @@ impl<W: Write> Ui for Screen<'_, W> {
             };
             let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stdout());
             bar.set_style(
-                ProgressStyle::with_template("{prefix:<34} [{bar:24}] {msg}")
+                ProgressStyle::with_template("{prefix} [{bar:20}] {wide_msg}")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
