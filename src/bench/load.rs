@@ -173,6 +173,9 @@ pub struct Schedule {
     pub achieved_rate: f64,
     /// The latest any request started after its due time.
     pub max_late: Duration,
+    /// The median start lateness: what the generator itself adds to the corrected latencies
+    /// (its timer ticks in milliseconds).
+    pub late_p50: Duration,
     /// Requests due in the measured part that never started (all connections busy to the end).
     pub missed: u64,
 }
@@ -217,6 +220,7 @@ struct Totals {
     warmup_errors: ErrorCounts,
     errors: ErrorCounts,
     max_late: Duration,
+    lateness: Option<Latency>,
     started: u64,
     last_answer: Option<Instant>,
 }
@@ -372,6 +376,13 @@ pub fn run(
                 requested_rate: rate,
                 achieved_rate: measured_started as f64 / duration.as_secs_f64().max(1e-9),
                 max_late: totals.max_late,
+                late_p50: Duration::from_micros(
+                    totals
+                        .lateness
+                        .as_ref()
+                        .filter(|h| !h.is_empty())
+                        .map_or(0, |h| h.value_at_quantile(0.5)),
+                ),
                 missed: due.saturating_sub(measured_started),
             })
         }
@@ -441,6 +452,8 @@ struct Worker {
     errors: ErrorCounts,
     done: u64,
     max_late: Duration,
+    /// Open loop: how late each request started, in µs.
+    lateness: Latency,
     started: u64,
     last_answer: Option<Instant>,
 }
@@ -462,6 +475,7 @@ impl Worker {
             errors: ErrorCounts::default(),
             done: 0,
             max_late: Duration::ZERO,
+            lateness: hist::new(),
             started: 0,
             last_answer: None,
         }
@@ -530,7 +544,11 @@ impl Worker {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
                 now = Instant::now();
             }
-            self.max_late = self.max_late.max(now.saturating_duration_since(due));
+            let late = now.saturating_duration_since(due);
+            self.max_late = self.max_late.max(late);
+            if due >= self.clock.t0 {
+                hist::record(&mut self.lateness, micros(late));
+            }
             self.started += u64::from(due >= self.clock.t0);
             let result = self.send(req, now).await;
             let answered = Instant::now();
@@ -611,6 +629,10 @@ impl Worker {
         t.warmup_errors.add(&self.warmup_errors);
         t.errors.add(&self.errors);
         t.max_late = t.max_late.max(self.max_late);
+        match t.lateness.as_mut() {
+            Some(l) => hist::merge(l, &self.lateness),
+            None => t.lateness = Some(std::mem::replace(&mut self.lateness, hist::new())),
+        }
         t.started += self.started;
         t.last_answer = t.last_answer.max(self.last_answer);
     }

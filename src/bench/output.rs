@@ -152,6 +152,7 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "errors_5xx",
     "errors_broken",
     "achieved_rate",
+    "late_p50_ms",
     "max_late_ms",
     "missed_starts",
 ];
@@ -169,9 +170,10 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
                 Mode::Cold => (String::new(), String::new()),
             };
             let rps = row.rps.map_or(String::new(), |v| format!("{v:.1}"));
-            let (achieved, late, missed) = match (&r.outcome.schedule, !row.measured) {
+            let (achieved, late_p50, late, missed) = match (&r.outcome.schedule, !row.measured) {
                 (Some(s), false) => (
                     format!("{:.1}", s.achieved_rate),
+                    format!("{:.3}", s.late_p50.as_secs_f64() * 1000.0),
                     format!("{:.3}", s.max_late.as_secs_f64() * 1000.0),
                     s.missed.to_string(),
                 ),
@@ -200,6 +202,7 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
                 e.server.to_string(),
                 e.broken.to_string(),
                 achieved,
+                late_p50,
                 late,
                 missed,
             ])?;

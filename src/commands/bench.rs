@@ -280,9 +280,10 @@ impl<W: Write> Ui for Screen<'_, W> {
         }
         if let Some(s) = r.outcome.schedule {
             line.push_str(&format!(
-                "  (asked {:.0}/s, sent {:.1}/s, latest start +{:.1} ms, missed {})",
+                "  (asked {:.0}/s, sent {:.1}/s, started late by {:.2} ms median, {:.1} ms at worst, missed {})",
                 s.requested_rate,
                 s.achieved_rate,
+                s.late_p50.as_secs_f64() * 1000.0,
                 s.max_late.as_secs_f64() * 1000.0,
                 s.missed
             ));
