@@ -386,3 +386,95 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
         ["fast c1", "fast-baseline c1", "fast c2", "fast-baseline c2"]
     );
 }
+
+#[test]
+fn hgrm_files_match_javas_for_distributions_that_hit_percentile_boundaries() {
+    use cubeflash::bench::{hist, output::RunDir};
+    let jar = Path::new("/usr/share/java/hdrhistogram.jar");
+    if !jar.exists() || !common::have("java") {
+        eprintln!("SKIPPED: java or /usr/share/java/hdrhistogram.jar is missing (scripts/test-deps.sh installs default-jre-headless and libhdrhistogram-java)");
+        return;
+    }
+    // A small deterministic generator (xorshift) for repeatable "random" latencies.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let cases: Vec<(&str, Vec<u64>)> = vec![
+        ("uniform", (1..=10_000).collect()),
+        // 6,400 values: many percentile levels land exactly on a cumulative count.
+        (
+            "boundaries",
+            (0..6_400).map(|i| 100 + (i % 64) * 7).collect(),
+        ),
+        (
+            "tail",
+            (0..5_000)
+                .map(|_| {
+                    let r = next();
+                    if r % 100 == 0 {
+                        1_000_000 + r % 4_000_000
+                    } else {
+                        200 + r % 3_000
+                    }
+                })
+                .collect(),
+        ),
+        ("single", vec![1_234]),
+        ("powers", (0..4_096).map(|i| 1u64 << (i % 22)).collect()),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dir = RunDir::create(tmp.path()).unwrap();
+    let mut ours = Vec::new();
+    for (tag, values) in &cases {
+        let mut h = hist::new();
+        for v in values {
+            hist::record(&mut h, *v);
+        }
+        dir.interval(tag, dir.started, Duration::from_secs(1), &h)
+            .unwrap();
+        ours.push((tag, hist::hgrm(&h)));
+    }
+    dir.flush().unwrap();
+    let log = dir.dir.join("run.hlog");
+    for (tag, mine) in ours {
+        let out = dir.dir.join(format!("java-{tag}"));
+        let o = Command::new("java")
+            .args([
+                "-cp",
+                jar.to_str().unwrap(),
+                "org.HdrHistogram.HistogramLogProcessor",
+            ])
+            .args([
+                "-i",
+                log.to_str().unwrap(),
+                "-tag",
+                tag,
+                "-outputValueUnitRatio",
+                "1000",
+            ])
+            .args(["-o", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text_of(&o.stderr));
+        let java = std::fs::read_to_string(format!("{}.hgrm", out.display())).unwrap();
+        let java: Vec<&str> = java
+            .lines()
+            .filter(|l| !l.starts_with("#[Overall") && !l.starts_with("#[StartTime"))
+            .collect();
+        let mine: Vec<&str> = mine.lines().collect();
+        assert_eq!(
+            mine.len(),
+            java.len(),
+            "{tag}: ours\n{}\njava\n{}",
+            mine.join("\n"),
+            java.join("\n")
+        );
+        for (i, (a, b)) in mine.iter().zip(&java).enumerate() {
+            assert_eq!(a, b, "{tag}: line {} differs", i + 1);
+        }
+    }
+}

@@ -68,6 +68,9 @@ pub fn figures(h: &Latency) -> Figures {
 /// Java reference (`outputPercentileDistribution(out, 5, 1000.0)`) prints for the same data:
 /// a header and a blank line, then `Value Percentile TotalCount 1/(1-Percentile)` rows (the
 /// 100% row has no fourth column), then the `#[Mean`, `#[Max` and `#[Buckets` footers.
+/// The walk and the mean follow Java's arithmetic (percent levels, sum then divide), not the
+/// Rust crate's quantile iterator, whose floating-point steps pick another bucket when a
+/// level falls exactly on a bucket's cumulative count.
 pub fn hgrm(h: &Latency) -> String {
     let mut out = String::new();
     let digits = usize::from(h.sigfig());
@@ -76,33 +79,28 @@ pub fn hgrm(h: &Latency) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
-    if !h.is_empty() {
-        let mut total = 0u64;
-        for v in h.iter_quantiles(TICKS_PER_HALF) {
-            total += v.count_since_last_iteration();
-            let value = v.value_iterated_to() as f64 / SCALE_TO_MS;
-            let q = v.quantile_iterated_to();
-            if q != 1.0 {
-                let _ = writeln!(
-                    out,
-                    "{value:>12.digits$} {q:>2.12} {total:>10} {:>14.2}",
-                    1.0 / (1.0 - q)
-                );
-            } else {
-                let _ = writeln!(out, "{value:>12.digits$} {q:>2.12} {total:>10}");
-            }
+    for (value, percentile, total) in java_percentiles(h, TICKS_PER_HALF) {
+        let value = java_fixed(value as f64 / SCALE_TO_MS, digits);
+        let q = percentile / 100.0;
+        let shown_q = java_fixed(q, 12);
+        if percentile != 100.0 {
+            let inverse = java_fixed(1.0 / (1.0 - q), 2);
+            let _ = writeln!(out, "{value:>12} {shown_q:>2} {total:>10} {inverse:>14}");
+        } else {
+            let _ = writeln!(out, "{value:>12} {shown_q:>2} {total:>10}");
         }
     }
+    let (mean, stdev) = java_mean_stdev(h);
     let _ = writeln!(
         out,
-        "#[Mean    = {:>12.digits$}, StdDeviation   = {:>12.digits$}]",
-        h.mean() / SCALE_TO_MS,
-        h.stdev() / SCALE_TO_MS
+        "#[Mean    = {:>12}, StdDeviation   = {:>12}]",
+        java_fixed(mean / SCALE_TO_MS, digits),
+        java_fixed(stdev / SCALE_TO_MS, digits)
     );
     let _ = writeln!(
         out,
-        "#[Max     = {:>12.digits$}, Total count    = {:>12}]",
-        h.max() as f64 / SCALE_TO_MS,
+        "#[Max     = {:>12}, Total count    = {:>12}]",
+        java_fixed(h.max() as f64 / SCALE_TO_MS, digits),
         h.len()
     );
     let _ = writeln!(
@@ -112,6 +110,109 @@ pub fn hgrm(h: &Latency) -> String {
         sub_bucket_count(h.sigfig())
     );
     out
+}
+
+/// `x` with `decimals` digits after the point, rounded as Java's `Formatter` does: HALF_UP
+/// on the shortest decimal that identifies the double (what `Double.toString` shows), so
+/// 0.9997802734375 prints as ...438 where Rust's `{:.12}` (exact value, ties to even) prints
+/// ...437. Percentile levels are often such binary fractions.
+pub fn java_fixed(x: f64, decimals: usize) -> String {
+    // Rust's `{}` is the shortest round-trip decimal, never in exponent form.
+    let shortest = format!("{}", x.abs());
+    let (whole, frac) = shortest.split_once('.').unwrap_or((&shortest, ""));
+    let frac = format!("{frac:0<width$}", width = decimals + 1);
+    let mut digits: Vec<u8> = format!("{whole}{}", &frac[..decimals]).into_bytes();
+    if frac.as_bytes().get(decimals).is_some_and(|d| *d >= b'5') {
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if digits[i] == b'9' {
+                digits[i] = b'0';
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    let point = digits.len() - decimals;
+    let mut out = String::from_utf8(digits[..point].to_vec()).expect("ascii digits");
+    if decimals > 0 {
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[point..]).expect("ascii digits"));
+    }
+    if x.is_sign_negative() && out.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Java's `PercentileIterator`: (value iterated to, percentile level in percent, total count
+/// to that value) at `ticks` steps per halving of the distance to 100%, then 100%.
+fn java_percentiles(h: &Latency, ticks: u32) -> Vec<(u64, f64, u64)> {
+    let total = h.len();
+    let mut out = Vec::new();
+    if total == 0 {
+        return out;
+    }
+    let cells: Vec<(u64, u64)> = h
+        .iter_all()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    let (mut level, mut running, mut index, mut fresh) = (0.0f64, 0u64, 0usize, true);
+    let mut reached_last = false;
+    loop {
+        if running >= total {
+            if reached_last {
+                break;
+            }
+            level = 100.0;
+            reached_last = true;
+        }
+        loop {
+            let Some(&(value, count)) = cells.get(index) else {
+                return out;
+            };
+            if fresh {
+                running += count;
+                fresh = false;
+            }
+            if count != 0 && (100.0 * running as f64) / total as f64 >= level {
+                out.push((value, level, running));
+                let halvings = ((100.0 / (100.0 - level)).ln() / 2f64.ln()) as i64;
+                let reporting = u64::from(ticks).saturating_mul(
+                    2u64.saturating_pow(halvings.saturating_add(1).clamp(0, 62) as u32),
+                );
+                level += 100.0 / reporting as f64;
+                break;
+            }
+            index += 1;
+            fresh = true;
+        }
+    }
+    out
+}
+
+/// Java's `getMean` and `getStdDeviation`: bucket midpoints, summed, then divided.
+fn java_mean_stdev(h: &Latency) -> (f64, f64) {
+    let total = h.len();
+    if total == 0 {
+        return (0.0, 0.0);
+    }
+    let mut sum = 0.0;
+    for v in h.iter_recorded() {
+        sum += h.median_equivalent(v.value_iterated_to()) as f64 * v.count_at_value() as f64;
+    }
+    let mean = sum / total as f64;
+    let mut dev = 0.0;
+    for v in h.iter_recorded() {
+        let d = h.median_equivalent(v.value_iterated_to()) as f64 - mean;
+        dev += d * d * v.count_since_last_iteration() as f64;
+    }
+    (mean, (dev / total as f64).sqrt())
 }
 
 /// The sub-bucket count HdrHistogram derives from the significant digits:
@@ -126,13 +227,9 @@ pub fn percentile_points(h: &Latency) -> Vec<(f64, f64)> {
     if h.is_empty() {
         return Vec::new();
     }
-    h.iter_quantiles(TICKS_PER_HALF)
-        .map(|v| {
-            (
-                v.quantile_iterated_to(),
-                v.value_iterated_to() as f64 / SCALE_TO_MS,
-            )
-        })
+    java_percentiles(h, TICKS_PER_HALF)
+        .into_iter()
+        .map(|(value, percentile, _)| (percentile / 100.0, value as f64 / SCALE_TO_MS))
         .collect()
 }
 
@@ -202,6 +299,17 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.max() >= 4_990_000, "max {}", h.max());
         assert_eq!(h.min(), 100);
+    }
+
+    #[test]
+    fn ties_round_half_up_like_java() {
+        assert_eq!(java_fixed(0.9997802734375, 12), "0.999780273438");
+        assert_eq!(java_fixed(0.125, 2), "0.13");
+        assert_eq!(java_fixed(0.124, 2), "0.12");
+        assert_eq!(java_fixed(9.9996, 3), "10.000");
+        assert_eq!(java_fixed(2.0, 2), "2.00");
+        assert_eq!(java_fixed(0.0, 3), "0.000");
+        assert_eq!(java_fixed(-1.5, 0), "-2");
     }
 
     #[test]
