@@ -203,9 +203,10 @@ pub struct BenchArgs {
     /// Request body: text, @file, or - for standard input.
     #[arg(short = 'd', long, requires = "url")]
     pub data: Option<String>,
-    /// A request with no answer after this long counts as a timeout.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub timeout: std::time::Duration,
+    /// A request with no answer after this long counts as a timeout (default: the plan's,
+    /// else 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Generator threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,

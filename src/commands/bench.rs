@@ -75,6 +75,11 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
 }
 
 fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
+    if args.timeout.is_some_and(|t| t.is_zero()) {
+        anyhow::bail!(
+            "--timeout 0s would time every request out: give a duration, e.g. --timeout 10s"
+        );
+    }
     if let Some(url) = &args.url {
         let headers = args
             .headers
@@ -91,7 +96,7 @@ fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
             requests: args.requests,
             duration: args.duration,
             rate: args.rate,
-            timeout: args.timeout,
+            timeout: args.timeout.unwrap_or(Duration::from_secs(10)),
         }
         .into_plan()
         .map_err(|d| anyhow::anyhow!("{}", d.message))?;
@@ -120,11 +125,9 @@ fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
     if args.threads.is_some() {
         plan.threads = args.threads;
     }
-    plan.timeout = if args.timeout != Duration::from_secs(10) {
-        args.timeout
-    } else {
-        plan.timeout
-    };
+    if let Some(t) = args.timeout {
+        plan.timeout = t;
+    }
     Ok(plan)
 }
 
