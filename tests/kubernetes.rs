@@ -677,3 +677,16 @@ fn a_rollout_that_does_not_finish_is_explained_with_conditions_and_pod_reasons()
     );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn a_broken_kubeconfig_is_named_as_such_not_as_no_cluster() {
+    let dir = repo();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, "not: yaml: [\n").unwrap();
+    let err = deploy_fails(dir.path(), &kc, &[]);
+    assert!(err.contains("cannot use the kubeconfig"), "{err}");
+    assert!(
+        !err.contains("no Kubernetes cluster is configured"),
+        "{err}"
+    );
+}

@@ -119,6 +119,13 @@ pub async fn connect(context: Option<&str>) -> Result<(Client, String), KubeErro
                 context: None,
                 source: Box::new(e),
             })?,
+            // A kubeconfig that exists but cannot be read is its own problem, not "no cluster".
+            Err(e) if kubeconfig_exists() => {
+                return Err(KubeError::Kubeconfig {
+                    context: None,
+                    source: Box::new(e),
+                })
+            }
             Err(_) => Config::incluster().map_err(|e| KubeError::NoCluster(Box::new(e)))?,
         },
     };
@@ -127,6 +134,16 @@ pub async fn connect(context: Option<&str>) -> Result<(Client, String), KubeErro
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| KubeError::NoCluster(Box::new(e)))?;
     Ok((client, url.trim_end_matches('/').to_string()))
+}
+
+/// Whether a kubeconfig file is there to read: one named by KUBECONFIG, or ~/.kube/config.
+fn kubeconfig_exists() -> bool {
+    match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(paths) => std::env::split_paths(&paths).any(|p| p.exists()),
+        None => std::env::var_os("HOME")
+            .map(|h| std::path::Path::new(&h).join(".kube/config").exists())
+            .unwrap_or(false),
+    }
 }
 
 /// Turns a failed request into the error a user can act on.
