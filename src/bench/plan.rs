@@ -585,6 +585,24 @@ mod tests {
     }
 
     #[test]
+    fn the_plans_in_the_docs_and_the_repo_decode() {
+        let howto = include_str!("../../docs/howto-bench.md");
+        let start = howto
+            .find("```yaml\n# bench/plan.yaml")
+            .expect("the how-to has a plan")
+            + 8;
+        let end = start + howto[start..].find("```").unwrap();
+        let p = plan(&howto[start..end]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.targets.len(), 2);
+        assert_eq!(p.steps.len(), 3);
+        assert_eq!(p.threads, Some(2));
+        let repo = plan(include_str!("../../bench/plan.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(repo.uses_functions());
+        let built_in = plan(&default_plan_text(&["a".into(), "b".into()])).unwrap();
+        assert_eq!(built_in.targets.len(), 2);
+    }
+
+    #[test]
     fn every_problem_is_located() {
         let Err(PlanError::Invalid(d)) = plan(
             "targets:\n  - url: https://x/\n  - functon: a\nsteps:\n  - closed: {concurrency: [0, 2], duration: soon}\n  - open: {rate: 5}\n    cold: {}\n",
