@@ -13,6 +13,32 @@ use super::function::FunctionState;
 use super::proxy::GatewayBody;
 use super::{json_error, json_response, Gateway};
 
+/// The `{"replicas": N}` of a scale request, N from 0 to `max`; else the 400 to answer. Both
+/// gateways' admin APIs take it.
+pub(crate) async fn requested_replicas(
+    req: Request<Incoming>,
+    max: u32,
+    name: &str,
+) -> Result<u32, Response<GatewayBody>> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let replicas = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("replicas").and_then(Value::as_u64));
+    match replicas {
+        Some(n) if n <= u64::from(max) => Ok(n as u32),
+        _ => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("send {{\"replicas\": N}} with N from 0 to scale.max ({max})"),
+            Some(name),
+        )),
+    }
+}
+
 impl Gateway {
     pub(super) async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<GatewayBody> {
         let expected = format!("Bearer {}", self.config.admin_token);
@@ -67,26 +93,12 @@ impl Gateway {
                 let Some(f) = find(name) else {
                     return unknown(name);
                 };
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let replicas = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("replicas").and_then(Value::as_u64));
-                let max = f.function.spec.scale.max;
-                match replicas {
-                    Some(n) if n <= u64::from(max) => {
-                        f.serverless.scale_to(n as u32);
+                match requested_replicas(req, f.function.spec.scale.max, name).await {
+                    Ok(n) => {
+                        f.serverless.scale_to(n);
                         json_response(StatusCode::OK, &self.describe(&f))
                     }
-                    _ => json_error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("send {{\"replicas\": N}} with N from 0 to scale.max ({max})"),
-                        Some(name),
-                    ),
+                    Err(refusal) => refusal,
                 }
             }
             (Method::GET, ["functions", name, "logs"]) => {

@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::{Function, KubeGateway};
+use crate::gateway::admin::requested_replicas;
 use crate::gateway::metrics::{label, StateLabels};
 use crate::gateway::proxy::GatewayBody;
 use crate::gateway::{json_error, json_response};
@@ -131,29 +132,13 @@ impl KubeGateway {
                 let Some(f) = functions.get(*name).cloned() else {
                     return unknown(name);
                 };
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let replicas = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["replicas"].as_u64());
-                match replicas {
-                    Some(n) if n <= u64::from(f.entry.scale.max) => {
+                match requested_replicas(req, f.entry.scale.max, name).await {
+                    Ok(n) => {
                         let current = f.live.desired.load(Ordering::Relaxed);
-                        self.scale(&f, current, n as u32).await;
+                        self.scale(&f, current, n).await;
                         json_response(StatusCode::OK, &self.describe(&f, &base))
                     }
-                    _ => json_error(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                            "send {{\"replicas\": N}} with N from 0 to scale.max ({})",
-                            f.entry.scale.max
-                        ),
-                        Some(name),
-                    ),
+                    Err(refusal) => refusal,
                 }
             }
             _ => json_error(
