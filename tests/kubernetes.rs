@@ -550,6 +550,14 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
         "{}",
         text(&ls.stdout)
     );
+    let too_many = reqwest::blocking::Client::new()
+        .post(format!("{}/system/functions/a/scale", gw.url))
+        .bearer_auth("secret-token")
+        .json(&json!({"replicas": 99}))
+        .send()
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+    assert!(too_many.text().unwrap().contains("from 0 to scale.max (2)"));
     let scaled = admin(
         reqwest::Method::POST,
         "/system/functions/a/scale",
