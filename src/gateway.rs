@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod routes;
 pub mod scaler;
 pub mod serve;
+pub mod table;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod deploy;
 pub mod gateway;
+pub mod names;
 pub mod render;
 pub mod runtime;
 pub mod scaffold;

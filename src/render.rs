@@ -16,7 +16,7 @@ use tera::Tera;
 
 use crate::spec::{Function, Repo};
 use context::{
-    labels_for, route_table, FunctionContext, ObjectContext, ProjectContext, GATEWAY_NAME,
+    labels_for, FunctionContext, ObjectContext, ProjectContext, GATEWAY_NAME,
 };
 
 pub use check::ObjectInfo;
@@ -154,7 +154,8 @@ pub fn render(repo: &Repo) -> Result<Rendered, RenderError> {
         errors.extend(errs);
     }
 
-    let routes = route_table(&repo.project, &contexts);
+    let routes =
+        crate::gateway::table::RouteTable::new(&repo.project.namespace, &repo.functions).to_json();
     let mut context = tera::Context::new();
     context.insert("project", &project);
     context.insert("routesJson", &routes);

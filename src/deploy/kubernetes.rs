@@ -19,11 +19,11 @@ use kube::discovery::{ApiCapabilities, ApiGroup, Scope};
 use kube::{Client, Config, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::render::context::labels;
+use crate::names::labels;
 use manifests::{LiveObject, Manifest};
 
 /// The field manager cubeflash applies with.
-pub const FIELD_MANAGER: &str = "cubeflash";
+pub use crate::names::DEPLOY_MANAGER as FIELD_MANAGER;
 /// How long to wait for the API server to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -29,7 +29,7 @@ use super::metrics::{label, CodeLabels, KindLabels, Metrics, StartLabels};
 use super::proxy::{GatewayBody, COLD_START};
 use super::scaler;
 use super::{json_error, json_response};
-use crate::render::context::labels;
+use crate::names::labels;
 use crate::spec::values::parse_duration;
 
 /// The field manager of the gateway's scale patches.

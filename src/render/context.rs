@@ -12,27 +12,15 @@ use crate::spec::project::Images;
 use crate::spec::{Function, ProjectSpec, Runtime, Trigger};
 
 use super::templates;
+use crate::names::labels;
 use super::RenderError;
 
-/// The port every function replica serves on inside its pod.
-pub const FUNCTION_PORT: u16 = 8080;
-/// The fixed non-root user every cubeflash pod runs as.
-pub const RUN_AS_UID: u32 = 10001;
-pub const GATEWAY_NAME: &str = "cubeflash-gateway";
-pub const ROUTES_CONFIGMAP: &str = "cubeflash-routes";
+pub use crate::names::{FUNCTION_PORT, GATEWAY_NAME, ROUTES_CONFIGMAP, RUN_AS_UID};
 pub const CODE_DIR: &str = "/var/cubeflash/function";
 pub const RUNTIME_DIR: &str = "/var/cubeflash/runtime";
 /// A ConfigMap holds at most 1 MiB, metadata included.
 pub const MAX_CODE_BYTES: usize = 1_000_000;
 
-pub mod labels {
-    pub const NAME: &str = "app.kubernetes.io/name";
-    pub const COMPONENT: &str = "app.kubernetes.io/component";
-    pub const PART_OF: &str = "app.kubernetes.io/part-of";
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    pub const FUNCTION: &str = "cubeflash.io/function";
-    pub const MANAGER: &str = "cubeflash";
-}
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -411,60 +399,3 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One function's entry in the gateway's route table.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteEntry<'a> {
-    pub name: &'a str,
-    pub runtime: Runtime,
-    pub deployment: &'a str,
-    pub service: String,
-    pub baseline: Option<RouteBaseline>,
-    pub triggers: &'a [Trigger],
-    pub scale: &'a Scale,
-    pub timeout: &'a str,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteBaseline {
-    pub deployment: String,
-    pub service: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteTable<'a> {
-    pub version: u32,
-    pub namespace: &'a str,
-    pub functions: Vec<RouteEntry<'a>>,
-}
-
-/// The route table as the in-cluster gateway reads it (pretty JSON, stable order).
-pub fn route_table(project: &ProjectSpec, functions: &[FunctionContext]) -> String {
-    let svc = |name: &str| format!("http://{name}.{}.svc:{FUNCTION_PORT}", project.namespace);
-    let table = RouteTable {
-        version: 1,
-        namespace: &project.namespace,
-        functions: functions
-            .iter()
-            .map(|f| RouteEntry {
-                name: &f.name,
-                runtime: f.runtime,
-                deployment: &f.name,
-                service: svc(&f.name),
-                baseline: f.baseline.as_ref().map(|_| {
-                    let name = format!("{}-baseline", f.name);
-                    RouteBaseline {
-                        service: svc(&name),
-                        deployment: name,
-                    }
-                }),
-                triggers: &f.triggers,
-                scale: &f.scale,
-                timeout: &f.timeout,
-            })
-            .collect(),
-    };
-    let mut json = serde_json::to_string_pretty(&table).expect("route table serializes");
-    json.push('\n');
-    json
-}

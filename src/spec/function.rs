@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use marked_yaml::Node;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::decode::{node_loc, Fields, Reader};
 use super::diagnostic::{Diagnostics, Loc, SourceFile};
@@ -33,7 +33,7 @@ pub mod defaults {
     pub const BASELINE_REPLICAS: u32 = 1;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Python,
@@ -65,7 +65,8 @@ impl Runtime {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpTrigger {
     pub path: String,
@@ -73,18 +74,20 @@ pub struct HttpTrigger {
     pub methods: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleTrigger {
     pub cron: String,
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueTrigger {
     pub subject: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     Http(HttpTrigger),
@@ -92,7 +95,8 @@ pub enum Trigger {
     Queue(QueueTrigger),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Scale {
     pub min: u32,

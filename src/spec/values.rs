@@ -20,6 +20,13 @@ impl Serialize for Dur {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Dur::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Dur {
     pub fn parse(text: &str) -> Result<Self, String> {
         let value = parse_duration(text)?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kube::api::{DynamicObject, GroupVersionKind};
 use kube::ResourceExt;
 
-use crate::render::context::labels;
+use crate::names::labels;
 
 /// One object of generated/, with the file it came from.
 #[derive(Debug, Clone)]
