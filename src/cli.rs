@@ -63,6 +63,9 @@ pub enum Command {
         /// Port to listen on (default: gateway.port in cubeflash.yaml; 0 picks a free one).
         #[arg(long, env = "CUBEFLASH_PORT")]
         port: Option<u16>,
+        /// Event log lines: text for a terminal, json for a log collector.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Bring the repo's functions up on the target (local: start or reload the platform;
     /// kubernetes: server-side apply generated/, prune, wait for rollouts).
@@ -161,7 +164,22 @@ pub enum Command {
         /// Largest request body, in bytes; larger ones get 413.
         #[arg(long, default_value_t = 6 * 1024 * 1024)]
         max_body_size: u64,
-        /// The kubeconfig context (default: in-cluster, else the current context).
+        /// Client connections served at once (gateway.maxConnections).
+        #[arg(long, default_value_t = 4096)]
+        max_connections: u32,
+        /// A request head must arrive within this (gateway.headerTimeout).
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        header_timeout: std::time::Duration,
+        /// A request body that sends nothing this long gets 408 (gateway.bodyTimeout).
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        body_timeout: std::time::Duration,
+        /// An idle keep-alive connection is closed after this (gateway.idleTimeout).
+        #[arg(long, default_value = "75s", value_parser = parse_duration_arg)]
+        idle_timeout: std::time::Duration,
+        /// Event log lines: text for a terminal, json for a log collector.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// The kubeconfig context (default: the kubeconfig's current context, else in-cluster).
         #[arg(long)]
         context: Option<String>,
     },
@@ -171,6 +189,13 @@ pub enum Command {
         after_help = "Examples:\n  cubeflash bench                       run bench/plan.yaml (starts the local platform if needed)\n  cubeflash bench --url http://127.0.0.1:8080/ -c 64 -z 10s\n  cubeflash bench --url http://127.0.0.1:8080/ --rate 2000 -z 10s -c 32"
     )]
     Bench(BenchArgs),
+    /// Runs an exec replica's program under the gateway's lifeline (internal).
+    #[command(name = "__replica-guard", hide = true)]
+    ReplicaGuard {
+        program: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `cubeflash bench` options: a plan, or an ad-hoc run against one URL like oha or hey.
@@ -239,4 +264,15 @@ pub struct GatewayArgs {
     /// http://127.0.0.1:<gateway.port>).
     #[arg(long, env = "CUBEFLASH_GATEWAY")]
     pub gateway: Option<String>,
+}
+
+/// How the gateway writes its event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    crate::spec::values::parse_duration(text)
 }

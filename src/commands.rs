@@ -22,6 +22,8 @@ pub enum Outcome {
     /// The command ran, and what it checked or called failed: `render --check` found
     /// differences, or `invoke` got a non-2xx answer. Exit code 1.
     Failed,
+    /// Exit with this code (the exec guard passes on its program's).
+    Exit(i32),
 }
 
 pub fn run(cli: Cli) -> Result<Outcome> {
@@ -36,7 +38,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         } => new(&mut out, cli.dir, &name, runtime, no_render),
         Command::Validate => validate(&mut out, cli.dir),
         Command::Render { check } => render_cmd(&mut out, cli.dir, check),
-        Command::Up { bind, port } => platform::up(&mut out, cli.dir, bind, port),
+        Command::Up {
+            bind,
+            port,
+            log_format,
+        } => platform::up(&mut out, cli.dir, bind, port, log_format),
         Command::Deploy {
             target,
             dry_run,
@@ -103,6 +109,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             port,
             queue_size,
             max_body_size,
+            max_connections,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            log_format,
             context,
         } => kubernetes::gateway(
             &mut out,
@@ -114,11 +125,30 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 admin_token: std::env::var("CUBEFLASH_ADMIN_TOKEN")
                     .ok()
                     .filter(|t| !t.is_empty()),
+                read_token: std::env::var("CUBEFLASH_READ_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            },
+            crate::gateway::ConnectionLimits {
+                max_connections: max_connections as usize,
+                header_timeout,
+                body_timeout,
+                idle_timeout,
             },
             std::net::SocketAddr::new(bind, port),
             context.as_deref(),
+            log_format,
         ),
         Command::Bench(args) => bench::bench(&mut out, cli.dir, args),
+        Command::ReplicaGuard { program, args } => {
+            let code = crate::runtime::guard::run(&program, &args)
+                .with_context(|| format!("failed to run {program}"))?;
+            Ok(if code == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Exit(code)
+            })
+        }
     }
 }
 

@@ -1,64 +1,104 @@
-//! The gateway: routes requests to functions, holds them while a replica starts, scales
-//! replicas, exports metrics and serves the admin API. `app` logic lives in `handle`; the
-//! listener, graceful shutdown and the autoscaler loop in `serve`.
+//! The gateway engine: one `Gateway` type owns routing, body limits, the cold-start queue,
+//! in-flight accounting, the autoscaler loop, forwarding, metrics, the admin API and the
+//! listener, for every target. A `Backend` supplies what differs between targets: the
+//! replica pools of each function (`runtime::pool::ReplicaPool`), its health, reload and
+//! its background work (local: supervision and schedules; Kubernetes: watches).
+//!
+//! The request path (`handle`) takes any body type, so tests call it without a listener.
 
 pub mod admin;
+pub mod api;
+pub mod body;
+pub mod client;
 pub mod dispatch;
 pub mod function;
 pub mod kubernetes;
+pub mod local;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod scaler;
 pub mod serve;
 pub mod table;
+pub mod tokens;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use hyper::body::Body;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
-use crate::runtime::local::{self, LogBuffer};
-use crate::runtime::replicas::ProbeClient;
-use crate::spec::{self, Function, Repo};
 use function::FunctionState;
-use metrics::{label, Metrics, StateLabels};
+use metrics::Metrics;
 use proxy::{full, GatewayBody};
-use routes::Routes;
+use routes::{Match, Routes};
 
 /// How often the autoscaler looks at every function.
 pub(crate) const AUTOSCALE_EVERY: Duration = Duration::from_millis(100);
 
-/// Everything the gateway is told at start.
+/// What the engine is told at start, the same on every target.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    pub root: PathBuf,
-    /// `.cubeflash/` under the repo: shims, logs, admin token, pidfile.
-    pub state_dir: PathBuf,
     pub bind: IpAddr,
     pub port: u16,
     pub max_body: usize,
     pub queue_size: u32,
-    pub admin_token: String,
+    /// Bearer tokens of the admin API: the admin one may change things, the read-only one
+    /// may look. None: that kind of access is off.
+    pub admin_token: Option<String>,
+    pub read_token: Option<String>,
     /// How long SIGTERM waits for in-flight requests.
     pub grace: Duration,
+    pub limits: ConnectionLimits,
+}
+
+/// What one client may hold of the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open client connections served at once; past it, new ones get only a short answer.
+    pub max_connections: usize,
+    /// The request head must arrive within this.
+    pub header_timeout: Duration,
+    /// A request body that sends nothing for this long gets 408.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn from_settings(g: &crate::spec::project::GatewaySettings) -> Self {
+        Self {
+            max_connections: g.max_connections as usize,
+            header_timeout: g.header_timeout.value,
+            body_timeout: g.body_timeout.value,
+            idle_timeout: g.idle_timeout.value,
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+        }
+    }
 }
 
 /// Why the gateway could not start or reload.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Spec(#[from] spec::SpecError),
+    Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
-    Local(#[from] local::LocalError),
+    Local(#[from] crate::runtime::local::LocalError),
     #[error("failed to listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -67,17 +107,41 @@ pub enum GatewayError {
     },
 }
 
+/// What differs between targets, beyond each function's replica pools.
+pub trait Backend: Send + Sync + 'static {
+    /// "local" or "kubernetes", as /healthz says.
+    fn kind(&self) -> &'static str;
+    /// The repo this gateway serves (local: its root), so a CLI can tell it is its own.
+    fn repo(&self) -> Option<String> {
+        None
+    }
+    /// Why the backend cannot watch or scale now, if so.
+    fn trouble(&self) -> Option<String>;
+    /// Loads the functions again (local: from disk; Kubernetes: the route ConfigMap).
+    fn reload<'a>(
+        &'a self,
+        gateway: &'a Arc<Gateway>,
+    ) -> BoxFuture<'a, Result<api::Reloaded, String>>;
+    /// Starts the backend's own loops; they stop when `stop` fires.
+    fn start(
+        self: Arc<Self>,
+        gateway: Arc<Gateway>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>>;
+    /// Runs after the listener closed and every function stopped.
+    fn shutdown(&self) {}
+}
+
 pub struct Gateway {
     pub config: GatewayConfig,
     routes: RwLock<Arc<Routes>>,
     pub metrics: Arc<Metrics>,
     upstreams: Arc<upstream::UpstreamPool>,
-    runtimes: Arc<local::Runtimes>,
-    probe: ProbeClient,
-    /// The runtime `new` ran on: replica supervisors and background work live there.
-    main: tokio::runtime::Handle,
+    backend: RwLock<Option<Arc<dyn Backend>>>,
     calls: AtomicU64,
     call_prefix: String,
+    /// SIGTERM arrived: /healthz says so while in-flight requests finish.
+    draining: AtomicBool,
     /// The address actually bound (port 0 resolved).
     pub local_addr: RwLock<Option<SocketAddr>>,
 }
@@ -88,9 +152,13 @@ pub fn json_error(
     message: &str,
     function: Option<&str>,
 ) -> Response<GatewayBody> {
-    let body = serde_json::json!({ "error": message, "function": function });
+    let body = api::ErrorBody {
+        error: message.to_string(),
+        function: function.map(str::to_string),
+        log: None,
+    };
     let mut resp = json_response(status, &body);
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut().insert(
             hyper::header::RETRY_AFTER,
             hyper::header::HeaderValue::from_static("1"),
@@ -99,7 +167,7 @@ pub fn json_error(
     resp
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<GatewayBody> {
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<GatewayBody> {
     let mut text = serde_json::to_string_pretty(value).expect("json serializes");
     text.push('\n');
     Response::builder()
@@ -109,29 +177,15 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
         .expect("valid response")
 }
 
-fn connector() -> HttpConnector {
-    let mut c = HttpConnector::new();
-    // Small responses would otherwise wait for delayed ACKs.
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(2)));
-    c
-}
-
 impl Gateway {
-    /// Builds the gateway for `repo`; starts nothing yet.
-    pub fn new(repo: &Repo, config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
-        let runtimes = local::Runtimes::new(&config.state_dir)?;
-        let probe = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector());
-        let gateway = Arc::new(Self {
+    /// An engine with no functions and no backend yet (`set_backend`, then `install`).
+    pub fn new(config: GatewayConfig) -> Arc<Self> {
+        Arc::new(Self {
             config,
             routes: RwLock::new(Arc::new(Routes::default())),
             metrics: Arc::new(Metrics::default()),
             upstreams: Arc::default(),
-            runtimes,
-            probe,
-            main: tokio::runtime::Handle::current(),
+            backend: RwLock::new(None),
             calls: AtomicU64::new(0),
             call_prefix: format!(
                 "{:x}{:x}",
@@ -140,35 +194,71 @@ impl Gateway {
                     .map_or(0, |d| d.as_millis()),
                 std::process::id()
             ),
+            draining: AtomicBool::new(false),
             local_addr: RwLock::new(None),
-        });
-        let functions = repo
-            .functions
-            .iter()
-            .map(|f| gateway.function_state(f.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        *gateway.routes.write().expect("routes lock") = Arc::new(Routes::new(functions));
-        Ok(gateway)
+        })
     }
 
-    fn function_state(&self, f: Function) -> Result<Arc<FunctionState>, GatewayError> {
-        let spec = local::process_spec(&self.config.root, &self.runtimes, &f)?;
-        let logs = Arc::new(LogBuffer::with_file(&local::log_path(
-            &self.config.state_dir,
-            &f.spec.name,
-        )));
-        Ok(FunctionState::new(
-            f,
-            spec,
-            logs,
-            self.probe.clone(),
-            self.metrics.clone(),
-            self.main.clone(),
-        ))
+    pub fn set_backend(&self, backend: Arc<dyn Backend>) {
+        *self.backend.write().expect("backend lock") = Some(backend);
+    }
+
+    pub fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.backend.read().expect("backend lock").clone()
     }
 
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.read().expect("routes lock").clone()
+    }
+
+    /// Serves `functions` from now on: new ones start, those no longer listed drain and
+    /// stop. A function kept from the current table is passed in as the same `Arc`.
+    pub fn install(&self, functions: Vec<Arc<FunctionState>>) {
+        let old = self.routes();
+        let next = Routes::new(functions);
+        for f in next.functions() {
+            let kept = old.by_name.get(f.name()).is_some_and(|o| Arc::ptr_eq(o, f));
+            if !kept {
+                f.start();
+            }
+        }
+        let retired: Vec<Arc<FunctionState>> = old
+            .functions()
+            .iter()
+            .filter(|o| {
+                !next
+                    .by_name
+                    .get(o.name())
+                    .is_some_and(|n| Arc::ptr_eq(n, o))
+            })
+            .cloned()
+            .collect();
+        let next = Arc::new(next);
+        *self.routes.write().expect("routes lock") = next.clone();
+        for f in retired {
+            let successor = next.by_name.get(f.name()).cloned();
+            tokio::spawn(async move { f.retire(successor.as_deref()).await });
+        }
+    }
+
+    /// Takes `name` out of the table; its replicas stop.
+    pub async fn remove(&self, name: &str) -> bool {
+        let found = {
+            let mut routes = self.routes.write().expect("routes lock");
+            let Some(found) = routes.by_name.get(name).cloned() else {
+                return false;
+            };
+            let rest: Vec<_> = routes
+                .functions()
+                .iter()
+                .filter(|f| f.name() != name)
+                .cloned()
+                .collect();
+            *routes = Arc::new(Routes::new(rest));
+            found
+        };
+        found.shutdown().await;
+        true
     }
 
     /// Unique per call: this gateway's start (fixed prefix) and a counter. Cheap: no
@@ -193,15 +283,27 @@ impl Gateway {
         format!("http://{}", SocketAddr::new(ip, addr.port()))
     }
 
+    /// Why the gateway is not ready to serve (draining, or the backend's trouble).
+    pub fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("the gateway is shutting down".into());
+        }
+        self.backend().and_then(|b| b.trouble())
+    }
+
     /// Answers one request.
-    pub async fn handle(
+    pub async fn handle<B>(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         client: SocketAddr,
-    ) -> Response<GatewayBody> {
-        let path = req.uri().path().to_string();
-        if path == "/healthz" {
-            return json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" }));
+    ) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let path = req.uri().path();
+        if path == "/healthz" || path == "/readyz" {
+            return self.health();
         }
         if path == "/metrics" {
             return self.metrics_response();
@@ -224,9 +326,34 @@ impl Gateway {
                 ),
             };
         }
-        match routes.trigger(req.method().as_str(), &path) {
-            Some(f) => self.dispatch(f, req, &path, client).await,
-            None => json_error(
+        if path.starts_with("/async-function/") || path == "/ui" || path.starts_with("/ui/") {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("{path} is not served yet: async invocations and the dashboard are not built in this version of cubeflash"),
+                None,
+            );
+        }
+        match routes.trigger(req.method().as_str(), path) {
+            Match::Found(f) => {
+                let path = path.to_string();
+                self.dispatch(f, req, &path, client).await
+            }
+            Match::MethodNotAllowed(allowed) => {
+                let mut resp = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!(
+                        "{path} does not take {}; it takes {}",
+                        req.method(),
+                        allowed.join(", ")
+                    ),
+                    None,
+                );
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&allowed.join(", ")) {
+                    resp.headers_mut().insert(hyper::header::ALLOW, v);
+                }
+                resp
+            }
+            Match::NotFound => json_error(
                 StatusCode::NOT_FOUND,
                 &format!("nothing is routed at {} {path}", req.method()),
                 None,
@@ -234,35 +361,31 @@ impl Gateway {
         }
     }
 
+    fn health(&self) -> Response<GatewayBody> {
+        let backend = self.backend();
+        let body = api::Health {
+            status: if self.not_ready().is_some() {
+                "unavailable"
+            } else {
+                "ok"
+            }
+            .into(),
+            backend: backend.as_ref().map_or("none", |b| b.kind()).into(),
+            repo: backend.as_ref().and_then(|b| b.repo()),
+            reason: self.not_ready(),
+            pid: std::process::id(),
+        };
+        let status = if body.reason.is_some() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        json_response(status, &body)
+    }
+
     fn metrics_response(&self) -> Response<GatewayBody> {
-        for f in self.routes().functions() {
-            let name = f.name().to_string();
-            let set = |state: &'static str, v: u32| {
-                self.metrics
-                    .replicas
-                    .get_or_create(&StateLabels {
-                        function: name.clone(),
-                        state,
-                    })
-                    .set(i64::from(v));
-            };
-            let ready = f.serverless.ready_count();
-            set("ready", ready);
-            set("starting", f.serverless.running().saturating_sub(ready));
-            set(
-                "baseline",
-                f.baseline.as_ref().map_or(0, |b| b.ready_count()),
-            );
-            self.metrics
-                .inflight
-                .get_or_create(&label(&name))
-                .set(i64::from(f.inflight.load(Ordering::Relaxed)));
-            self.metrics
-                .queued
-                .get_or_create(&label(&name))
-                .set(i64::from(f.queued.load(Ordering::Relaxed)));
-        }
-        self.metrics.upstream_idle.set(self.upstreams.idle() as i64);
+        self.metrics
+            .refresh(self.routes().functions(), self.upstreams.idle());
         Response::builder()
             .header(
                 hyper::header::CONTENT_TYPE,
@@ -272,92 +395,11 @@ impl Gateway {
             .expect("valid response")
     }
 
-    /// Reloads the repo from disk: new functions start, removed ones drain and stop,
-    /// changed ones get new replicas before the old ones drain.
-    pub async fn reload(self: &Arc<Self>) -> Result<serde_json::Value, GatewayError> {
-        let repo = spec::load(&self.config.root)?;
-        let old = self.routes();
-        let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-        let mut next = Vec::new();
-        for f in &repo.functions {
-            match old.by_name.get(&f.spec.name) {
-                Some(existing) if same_function(&existing.function, f) => {
-                    kept.push(f.spec.name.clone());
-                    next.push(existing.clone());
-                }
-                Some(_) => {
-                    changed.push(f.spec.name.clone());
-                    next.push(self.function_state(f.clone())?);
-                }
-                None => {
-                    added.push(f.spec.name.clone());
-                    next.push(self.function_state(f.clone())?);
-                }
-            }
-        }
-        for f in &next {
-            if !kept.iter().any(|k| k == f.name()) {
-                f.start();
-            }
-        }
-        let retired: Vec<Arc<FunctionState>> = old
-            .functions()
-            .into_iter()
-            .filter(|f| !kept.iter().any(|k| k == f.name()))
-            .collect();
-        let removed: Vec<String> = retired
-            .iter()
-            .filter(|f| !changed.iter().any(|c| c == f.name()))
-            .map(|f| f.name().to_string())
-            .collect();
-        self.runtimes
-            .warm(next.iter().map(|f| f.function.spec.runtime));
-        *self.routes.write().expect("routes lock") = Arc::new(Routes::new(next));
-        for f in retired {
-            self.main.spawn(async move { f.shutdown().await });
-        }
-        Ok(serde_json::json!({ "added": added, "changed": changed, "removed": removed }))
-    }
-}
-
-/// Same spec (ignoring where keys were written) and same code.
-fn same_function(a: &Function, b: &Function) -> bool {
-    let strip = |f: &Function| {
-        let mut s = f.spec.clone();
-        s.locs = Default::default();
-        s
-    };
-    strip(a) == strip(b) && a.files == b.files
-}
-
-/// The admin token: CUBEFLASH_ADMIN_TOKEN, else `.cubeflash/admin-token`, generated (mode
-/// 0600) on first start. Returns the token and whether it was just generated.
-pub fn admin_token(state_dir: &Path) -> std::io::Result<(String, bool)> {
-    if let Ok(token) = std::env::var("CUBEFLASH_ADMIN_TOKEN") {
-        if !token.is_empty() {
-            return Ok((token, false));
+    /// Asks the backend to load the functions again.
+    pub async fn reload(self: &Arc<Self>) -> Result<api::Reloaded, String> {
+        match self.backend() {
+            Some(b) => b.reload(self).await,
+            None => Err("the gateway has no backend".into()),
         }
     }
-    let path = state_dir.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        let token = token.trim().to_string();
-        if !token.is_empty() {
-            return Ok((token, false));
-        }
-    }
-    std::fs::create_dir_all(state_dir)?;
-    let mut bytes = [0u8; 24];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)?;
-    use std::io::Write;
-    writeln!(file, "{token}")?;
-    Ok((token, true))
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Exit(code)) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) if is_closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("cubeflash: {err:#}");

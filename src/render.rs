@@ -15,9 +15,7 @@ use std::fmt;
 use tera::Tera;
 
 use crate::spec::{Function, Repo};
-use context::{
-    labels_for, FunctionContext, ObjectContext, ProjectContext, GATEWAY_NAME,
-};
+use context::{labels_for, FunctionContext, ObjectContext, ProjectContext, GATEWAY_NAME};
 
 pub use check::ObjectInfo;
 pub use output::{diff, write_atomically, FileDiff, WriteSummary};

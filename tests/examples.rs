@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{have, repo_root, start_shim, Replica};
+use common::{repo_root, start_shim, Replica};
 use reqwest::blocking::Client;
 
 fn example(name: &str) -> std::path::PathBuf {
@@ -11,10 +11,7 @@ fn example(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn random_quote_answers_json_or_a_page() {
-    if !have("python3") {
-        eprintln!("SKIP: python3 is not installed (scripts/test-deps.sh installs it)");
-        return;
-    }
+    common::need("python3");
     let r = Replica::start(
         &example("random-quote"),
         "python3",
@@ -60,10 +57,7 @@ fn random_quote_answers_json_or_a_page() {
 
 #[test]
 fn hello_greets_from_query_or_json() {
-    if !have("node") {
-        eprintln!("SKIP: node is not installed (scripts/test-deps.sh installs it)");
-        return;
-    }
+    common::need("node");
     let r = start_shim("node", &example("hello"), "handler.js").unwrap();
     let c = Client::new();
     let v: serde_json::Value = c
@@ -87,10 +81,7 @@ fn hello_greets_from_query_or_json() {
 
 #[test]
 fn echo_returns_what_it_received() {
-    if !have("python3") {
-        eprintln!("SKIP: python3 is not installed");
-        return;
-    }
+    common::need("python3");
     let r = Replica::start(&example("echo"), "sh", &["-c", "python3 server.py"], &[]).unwrap();
     let v: serde_json::Value = Client::new()
         .put(r.url("/a/b?x=1"))

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{have, repo_root, temp_tree, text};
-use cubeflash::gateway::{Gateway, GatewayConfig};
+use common::{need, repo_root, temp_tree, text};
+use cubeflash::gateway::local::LocalBackend;
+use cubeflash::gateway::{ConnectionLimits, Gateway, GatewayConfig};
 use reqwest::blocking::Client;
 use serde_json::Value;
 
 const TOKEN: &str = "test-token";
+const READ_TOKEN: &str = "read-token";
 
 /// A gateway serving a temporary repo from a runtime of its own; stopped when dropped.
 struct TestGateway {
@@ -50,15 +52,16 @@ impl TestGateway {
     fn serve(root: tempfile::TempDir) -> Self {
         let repo = cubeflash::spec::load(root.path()).expect("test repo is valid");
         let config = GatewayConfig {
-            root: root.path().to_path_buf(),
-            state_dir: root.path().join(".cubeflash"),
             bind: [127, 0, 0, 1].into(),
             port: 0,
             max_body: repo.project.gateway.max_body_size as usize,
             queue_size: repo.project.gateway.queue_size,
-            admin_token: TOKEN.into(),
+            admin_token: Some(TOKEN.into()),
+            read_token: Some(READ_TOKEN.into()),
             grace: Duration::from_secs(5),
+            limits: ConnectionLimits::from_settings(&repo.project.gateway),
         };
+        let dir = root.path().to_path_buf();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         let thread = thread::spawn(move || {
@@ -68,7 +71,8 @@ impl TestGateway {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let gw: Arc<Gateway> = Gateway::new(&repo, config).unwrap();
+                let gw: Arc<Gateway> = Gateway::new(config);
+                LocalBackend::attach(&gw, &repo, &dir, &dir.join(".cubeflash")).unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 url_tx
                     .send(format!("http://{}", listener.local_addr().unwrap()))
@@ -175,19 +179,9 @@ fn client() -> Client {
         .unwrap()
 }
 
-fn skip_without_python() -> bool {
-    if have("python3") {
-        return false;
-    }
-    eprintln!("SKIP: python3 is not installed (scripts/test-deps.sh installs it)");
-    true
-}
-
 #[test]
 fn cold_start_then_warm() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start("", &[("fn", "")]);
     assert_eq!(
         gw.function("fn")["replicas"]["desired"],
@@ -252,10 +246,7 @@ fn cold_start_then_warm() {
 /// Regression: pooled node replicas exited when the gateway closed their stdin.
 #[test]
 fn node_functions_cold_start_from_the_warm_pool_and_keep_serving() {
-    if !have("node") {
-        eprintln!("SKIP: node is not installed (scripts/test-deps.sh installs it)");
-        return;
-    }
+    common::need("node");
     let root = one_function(
         "js",
         "node",
@@ -289,9 +280,7 @@ fn node_functions_cold_start_from_the_warm_pool_and_keep_serving() {
 
 #[test]
 fn a_burst_of_50_at_zero_is_one_cold_start_and_50_successes() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start("", &[("fn", "scale: { max: 10, concurrency: 10 }\n")]);
     let url = gw.url("/function/fn/pid");
     let barrier = Arc::new(std::sync::Barrier::new(50));
@@ -312,9 +301,7 @@ fn a_burst_of_50_at_zero_is_one_cold_start_and_50_successes() {
 
 #[test]
 fn scales_up_under_load_then_down_to_zero_after_idle() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start(
         "",
         &[(
@@ -373,9 +360,7 @@ fn scales_up_under_load_then_down_to_zero_after_idle() {
 
 #[test]
 fn a_crashed_replica_restarts_and_serving_goes_on() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start("", &[("fn", "scale: { min: 1 }\n")]);
     let pid = |r: reqwest::blocking::Response| r.json::<Value>().unwrap()["pid"].as_u64().unwrap();
     let before = pid(client().get(gw.url("/function/fn/pid")).send().unwrap());
@@ -404,9 +389,7 @@ fn a_crashed_replica_restarts_and_serving_goes_on() {
 
 #[test]
 fn a_crash_loop_fails_the_function_with_its_last_output() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let root = one_function(
         "broken",
         "python",
@@ -418,9 +401,16 @@ fn a_crash_loop_fails_the_function_with_its_last_output() {
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().unwrap();
     let error = body["error"].as_str().unwrap();
+    assert!(error.contains("failed to start 5 times"), "{error}");
+    let log: Vec<&str> = body["log"]
+        .as_array()
+        .expect("the log comes as an array of lines")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(
-        error.contains("crashed 5 times") && error.contains("broken on purpose"),
-        "{error}"
+        log.iter().any(|l| l.contains("broken on purpose")),
+        "{log:?}"
     );
     assert_eq!(body["function"], "broken");
     let again = client().get(gw.url("/function/broken")).send().unwrap();
@@ -429,9 +419,7 @@ fn a_crash_loop_fails_the_function_with_its_last_output() {
 
 #[test]
 fn not_found_too_large_timeout_and_full_queue_are_json_errors() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start(
         "gateway: { maxBodySize: 1Ki, queueSize: 2 }\n",
         &[("fast", "timeout: 500ms\n")],
@@ -519,9 +507,7 @@ fn not_found_too_large_timeout_and_full_queue_are_json_errors() {
 
 #[test]
 fn requests_and_responses_pass_through_intact() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start(
         "",
         &[(
@@ -569,18 +555,14 @@ fn requests_and_responses_pass_through_intact() {
         routed["path"], "/api/thing",
         "a trigger path is forwarded whole"
     );
-    assert_eq!(
-        client().get(gw.url("/api/thing")).send().unwrap().status(),
-        404,
-        "GET is not a method of that trigger"
-    );
+    let wrong = client().get(gw.url("/api/thing")).send().unwrap();
+    assert_eq!(wrong.status(), 405, "GET is not a method of that trigger");
+    assert_eq!(wrong.headers()["allow"], "POST");
 }
 
 #[test]
 fn the_admin_api_needs_the_token() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start("", &[("fn", "baseline: { replicas: 1 }\n")]);
     let no = client().get(gw.url("/system/functions")).send().unwrap();
     assert_eq!(no.status(), 401);
@@ -631,9 +613,7 @@ fn the_admin_api_needs_the_token() {
 
 #[test]
 fn reload_adds_removes_and_rolls_changed_functions() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let gw = TestGateway::start(
         "",
         &[
@@ -745,9 +725,7 @@ fn processes_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn sigterm_stops_the_gateway_and_leaves_no_process_behind() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let root = temp_tree(&[
         ("cubeflash.yaml", "namespace: test\n"),
         ("functions/a/function.yaml", "name: a\nruntime: python\nhandler: handler.py\nscale: { min: 2 }\nbaseline: { replicas: 1 }\n"),
@@ -802,9 +780,7 @@ fn sigterm_stops_the_gateway_and_leaves_no_process_behind() {
 
 #[test]
 fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let root = one_function("greet", "python", "", "def handle(req):\n    return 'v1'\n");
     let run = |args: &[&str]| {
         // Port 0: the background gateway picks a free port and records it for the other verbs.
@@ -864,9 +840,7 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
 /// minute boundary, so it takes up to a minute.
 #[test]
 fn schedule_triggers_fire_on_the_local_platform() {
-    if skip_without_python() {
-        return;
-    }
+    need("python3");
     let root = one_function("tick", "python", "triggers:\n  - schedule: { cron: \"* * * * *\", body: tick-body }\n", "def handle(req):\n    print('got', req.text, req.headers.get('x-cubeflash-trigger'))\n    return 'ok'\n");
     let gw = TestGateway::serve(root);
     let deadline = Instant::now() + Duration::from_secs(75);

@@ -564,11 +564,14 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
         "secret-token",
     );
     assert_eq!(scaled.status(), 200);
-    assert!(api
-        .seen()
-        .iter()
-        .any(|s| s.path.ends_with("/deployments/a/scale")
-            && s.body == json!({"spec": {"replicas": 2}})));
+    // The pool's patcher sends it: within moments, not before the answer.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !api.seen().iter().any(|s| {
+        s.path.ends_with("/deployments/a/scale") && s.body == json!({"spec": {"replicas": 2}})
+    }) {
+        assert!(Instant::now() < deadline, "no scale to 2: {:?}", api.seen());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A trigger path routes to the same function, now warm: no second scale-up.
     let resp = reqwest::blocking::get(format!("{}/hello", gw.url)).unwrap();
     assert_eq!(resp.status(), 200);

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::platform::runtime;
 use super::{load, repo_root, Outcome};
@@ -180,32 +180,50 @@ pub fn delete(out: &mut impl Write, root: &Path, args: &TargetArgs, name: &str) 
     Ok(Outcome::Success)
 }
 
-/// `cubeflash gateway`: serves until SIGINT or SIGTERM.
+/// `cubeflash gateway`: the engine with the Kubernetes backend; serves until SIGINT or
+/// SIGTERM.
 pub fn gateway(
     out: &mut impl Write,
     config: crate::gateway::kubernetes::KubeGatewayConfig,
+    limits: crate::gateway::ConnectionLimits,
     addr: std::net::SocketAddr,
     context: Option<&str>,
+    log_format: crate::cli::LogFormat,
 ) -> Result<Outcome> {
-    use crate::gateway::kubernetes::{serve, KubeGateway};
+    use crate::gateway::kubernetes::KubeBackend;
+    use crate::gateway::{Gateway, GatewayConfig};
+    super::platform::init_logging(log_format);
+    super::platform::raise_fd_limit();
     let rt = runtime()?;
     rt.block_on(async {
         let (client, url) = kube_target::connect(context).await?;
-        let gw = KubeGateway::new(client, config.clone());
-        gw.run().await.map_err(|e| {
-            anyhow::anyhow!(
-                "failed to read the route table (ConfigMap {} in namespace {} at {url}): {e}; deploy the repo first (`cubeflash deploy --target kubernetes`)",
-                config.routes_configmap,
-                config.namespace
-            )
-        })?;
+        let engine = Gateway::new(GatewayConfig {
+            bind: addr.ip(),
+            port: addr.port(),
+            max_body: config.max_body_size as usize,
+            queue_size: config.queue_size,
+            admin_token: config.admin_token.clone(),
+            read_token: config.read_token.clone(),
+            grace: std::time::Duration::from_secs(20),
+            limits,
+        });
+        KubeBackend::attach(&engine, client, &config)
+            .await
+            .with_context(|| format!("the API server at {url}"))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+            .with_context(|| format!("failed to listen on {addr}"))?;
+        *engine.local_addr.write().expect("addr lock") = listener.local_addr().ok();
         let local = listener.local_addr()?;
-        writeln!(out, "cubeflash gateway (kubernetes backend, namespace {}) listening on http://{local}", config.namespace)?;
+        writeln!(
+            out,
+            "cubeflash gateway (kubernetes backend, namespace {}) listening on http://{local}",
+            config.namespace
+        )?;
         out.flush()?;
-        serve(gw, listener, super::platform::shutdown_signal()).await;
+        engine
+            .serve(listener, super::platform::shutdown_signal())
+            .await;
         Ok(Outcome::Success)
     })
 }

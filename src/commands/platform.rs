@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::{load, repo_root, Outcome};
-use crate::cli::GatewayArgs;
+use crate::cli::{GatewayArgs, LogFormat};
 use crate::deploy::local as target;
 use crate::gateway::{self, Gateway, GatewayConfig};
 
@@ -27,42 +27,51 @@ pub fn up(
     dir: Option<PathBuf>,
     bind: IpAddr,
     port: Option<u16>,
+    log_format: LogFormat,
 ) -> Result<Outcome> {
     let root = repo_root(dir)?;
     let repo = load(&root)?;
+    init_logging(log_format);
     raise_fd_limit();
     let state_dir = target::state_dir(&root);
-    let (token, fresh) =
-        gateway::admin_token(&state_dir).context("failed to read or create the admin token")?;
+    let tokens = gateway::tokens::Tokens::load_or_create(&state_dir)
+        .context("failed to read or create the admin tokens")?;
     let port = port.unwrap_or(repo.project.gateway.port as u16);
     let config = GatewayConfig {
-        root: root.clone(),
-        state_dir: state_dir.clone(),
         bind,
         port,
         max_body: repo.project.gateway.max_body_size as usize,
         queue_size: repo.project.gateway.queue_size,
-        admin_token: token.clone(),
+        admin_token: Some(tokens.admin.clone()),
+        read_token: Some(tokens.read_only.clone()),
         grace: Duration::from_secs(10),
+        limits: gateway::ConnectionLimits::from_settings(&repo.project.gateway),
     };
     let rt = runtime()?;
     rt.block_on(async {
-        let gw = Gateway::new(&repo, config)?;
+        let gw = Gateway::new(config);
         let addr = SocketAddr::new(bind, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| gateway::GatewayError::Bind { addr, source })
             .context("is another gateway running? `cubeflash down` stops the one `deploy` started, or pass --port")?;
         *gw.local_addr.write().expect("addr lock") = listener.local_addr().ok();
+        let reaped = target::reap_orphans(&root);
+        if reaped > 0 {
+            writeln!(out, "stopped {reaped} replica process group(s) left by a gateway of this repo that did not exit cleanly")?;
+        }
+        gateway::local::LocalBackend::attach(&gw, &repo, &root, &state_dir)?;
         let url = gw.url();
         std::fs::write(state_dir.join(target::URL_FILE), format!("{url}\n")).context("failed to write .cubeflash/gateway.url")?;
         writeln!(out, "cubeflash gateway listening on {url}")?;
-        if fresh {
-            writeln!(out, "admin token (saved in .cubeflash/admin-token, shown once): {token}")?;
+        if !bind.is_loopback() {
+            let bound = gw.local_addr.read().expect("addr lock").map(|a| a.to_string()).unwrap_or_default();
+            writeln!(out, "warning: listening on {bound}, not only on loopback: anyone who can reach this address can call the functions (the admin API still needs its token)")?;
         }
+        writeln!(out, "admin token: {} (read-only: {})", tokens.admin_path.display(), tokens.read_only_path.display())?;
         for f in gw.routes().functions() {
             writeln!(out, "  {:<20} {url}/function/{}", f.name(), f.name())?;
-            for http in f.function.spec.http_triggers() {
+            for http in f.entry.http_triggers() {
                 writeln!(out, "  {:<20} {url}{} {}", "", http.path, if http.methods.is_empty() { "(any method)".into() } else { http.methods.join(",") })?;
             }
         }
@@ -72,6 +81,20 @@ pub fn up(
         writeln!(out, "cubeflash gateway stopped")?;
         Ok(Outcome::Success)
     })
+}
+
+/// Event log lines on stderr: human lines, or JSON lines for a collector.
+pub(super) fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUBEFLASH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 /// Every connection and replica pipe is a file descriptor; a default soft limit of 1,024 is
@@ -102,9 +125,11 @@ pub(super) fn client() -> reqwest::Client {
 }
 
 pub(super) fn token(root: &Path) -> Result<String> {
-    Ok(gateway::admin_token(&target::state_dir(root))
-        .context("failed to read the admin token")?
-        .0)
+    Ok(
+        gateway::tokens::Tokens::load_or_create(&target::state_dir(root))
+            .context("failed to read the admin token")?
+            .admin,
+    )
 }
 
 /// `cubeflash deploy` to the local target.

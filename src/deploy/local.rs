@@ -157,6 +157,12 @@ pub async fn reload(
     }
 }
 
+/// Stops what a gateway of this repo that was killed left running; returns how many
+/// replica process groups that was.
+pub fn reap_orphans(root: &Path) -> usize {
+    crate::runtime::sandbox::reap(&state_dir(root))
+}
+
 /// Stops the background gateway (SIGTERM, then waits up to `wait`); false if none ran.
 pub async fn stop(root: &Path, wait: Duration) -> bool {
     let Some(pid) = running_pid(root) else {

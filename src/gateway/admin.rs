@@ -1,101 +1,134 @@
-//! The admin API under /system/ (bearer token required): list, describe, scale, delete,
-//! logs and reload. The CLI's list, describe, scale, rm, logs and deploy use it.
+//! The admin API under /system/, the same on every backend: list, describe, scale, delete,
+//! logs (where the backend keeps them) and reload. A bearer token is required: the admin
+//! token for changes, the admin or the read-only token for looking. Wire types in `api`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
 
+use super::api::{self, FunctionInfo, ReplicaCount, ScaleRequest};
+use super::body::BoxError;
 use super::function::FunctionState;
 use super::proxy::GatewayBody;
 use super::{json_error, json_response, Gateway};
 
-/// The `{"replicas": N}` of a scale request, N from 0 to `max`; else the 400 to answer. Both
-/// gateways' admin APIs take it.
-pub(crate) async fn requested_replicas(
-    req: Request<Incoming>,
-    max: u32,
-    name: &str,
-) -> Result<u32, Response<GatewayBody>> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let replicas = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("replicas").and_then(Value::as_u64));
-    match replicas {
-        Some(n) if n <= u64::from(max) => Ok(n as u32),
-        _ => Err(json_error(
-            StatusCode::BAD_REQUEST,
-            &format!("send {{\"replicas\": N}} with N from 0 to scale.max ({max})"),
-            Some(name),
-        )),
+/// What a token lets its bearer do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Admin,
+    ReadOnly,
+}
+
+/// Compares without stopping at the first differing byte, so the time taken says nothing
+/// about how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
     }
+    diff == 0
 }
 
 impl Gateway {
-    pub(super) async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<GatewayBody> {
-        let expected = format!("Bearer {}", self.config.admin_token);
+    fn access<B>(&self, req: &Request<B>) -> Option<Access> {
         let given = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if given != Some(expected.as_str()) {
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))?
+            .as_bytes();
+        let matches =
+            |t: &Option<String>| t.as_ref().is_some_and(|t| same_secret(given, t.as_bytes()));
+        if matches(&self.config.admin_token) {
+            Some(Access::Admin)
+        } else if matches(&self.config.read_token) {
+            Some(Access::ReadOnly)
+        } else {
+            None
+        }
+    }
+
+    pub(super) async fn admin<B>(self: &Arc<Self>, req: Request<B>) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if self.config.admin_token.is_none() && self.config.read_token.is_none() {
             return json_error(
-                StatusCode::UNAUTHORIZED,
-                "the admin API needs `Authorization: Bearer <token>`: the token is CUBEFLASH_ADMIN_TOKEN, or the one in .cubeflash/admin-token",
+                StatusCode::FORBIDDEN,
+                "the admin API is off: give the gateway a token (CUBEFLASH_ADMIN_TOKEN; in a cluster the cubeflash-admin Secret's `token` key) and restart it",
                 None,
             );
         }
+        let Some(access) = self.access(&req) else {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "the admin API needs `Authorization: Bearer <token>`: locally the token is in .cubeflash/admin-token (or CUBEFLASH_ADMIN_TOKEN); in a cluster, the cubeflash-admin Secret",
+                None,
+            );
+        };
         let path = req.uri().path().trim_end_matches('/').to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let method = req.method().clone();
+        if access == Access::ReadOnly && method != Method::GET && method != Method::HEAD {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "this token is read-only: scale, delete and reload need the admin token",
+                None,
+            );
+        }
         let parts: Vec<&str> = path.trim_start_matches("/system/").split('/').collect();
         let routes = self.routes();
         let find = |name: &str| routes.by_name.get(name).cloned();
         let unknown = |name: &str| {
+            let names: Vec<&str> = routes.functions().iter().map(|f| f.name()).collect();
+            let hint = crate::spec::decode::closest(name, &names)
+                .map(|n| format!("; did you mean {n:?}?"))
+                .unwrap_or_else(|| "; `cubeflash list` shows them".into());
             json_error(
                 StatusCode::NOT_FOUND,
-                &format!("no function named {name:?}"),
+                &format!("no function named {name:?}{hint}"),
                 Some(name),
             )
         };
         match (method, parts.as_slice()) {
             (Method::GET, ["functions"]) => {
-                let list: Vec<Value> = routes
+                let list: Vec<FunctionInfo> = routes
                     .functions()
                     .iter()
                     .map(|f| self.describe(f))
                     .collect();
-                json_response(StatusCode::OK, &Value::Array(list))
+                json_response(StatusCode::OK, &list)
             }
             (Method::GET, ["functions", name]) => match find(name) {
                 Some(f) => json_response(StatusCode::OK, &self.describe(&f)),
                 None => unknown(name),
             },
             (Method::DELETE, ["functions", name]) => {
-                let removed = self.remove(name);
-                match removed {
-                    Some(f) => {
-                        f.shutdown().await;
-                        json_response(StatusCode::OK, &json!({ "deleted": name }))
-                    }
-                    None => unknown(name),
+                if self.remove(name).await {
+                    tracing::info!(function = %name, "deleted through the admin API");
+                    json_response(
+                        StatusCode::OK,
+                        &api::Deleted {
+                            deleted: name.to_string(),
+                        },
+                    )
+                } else {
+                    unknown(name)
                 }
             }
             (Method::POST, ["functions", name, "scale"]) => {
                 let Some(f) = find(name) else {
                     return unknown(name);
                 };
-                match requested_replicas(req, f.function.spec.scale.max, name).await {
+                match requested_replicas(req, f.entry.scale.max, name).await {
                     Ok(n) => {
-                        f.serverless.scale_to(n);
+                        tracing::info!(function = %name, replicas = n, "scaled through the admin API");
+                        f.touch();
+                        f.serverless.scale_to(n, true);
                         json_response(StatusCode::OK, &self.describe(&f))
                     }
                     Err(refusal) => refusal,
@@ -110,14 +143,24 @@ impl Gateway {
                     .find_map(|kv| kv.strip_prefix("lines="))
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(100);
-                json_response(
-                    StatusCode::OK,
-                    &json!({ "function": name, "lines": f.logs.tail(lines) }),
-                )
+                match f.serverless.log_tail(lines) {
+                    Some(lines) => json_response(
+                        StatusCode::OK,
+                        &api::Logs {
+                            function: name.to_string(),
+                            lines,
+                        },
+                    ),
+                    None => json_error(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "this gateway keeps no logs of its functions: in a cluster, `kubectl logs -l cubeflash.io/function=NAME`",
+                        Some(name),
+                    ),
+                }
             }
             (Method::POST, ["reload"]) => match self.reload().await {
                 Ok(summary) => json_response(StatusCode::OK, &summary),
-                Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#}"), None),
+                Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &e, None),
             },
             _ => json_error(
                 StatusCode::NOT_FOUND,
@@ -127,47 +170,71 @@ impl Gateway {
         }
     }
 
-    fn remove(&self, name: &str) -> Option<Arc<FunctionState>> {
-        let mut routes = self.routes.write().expect("routes lock");
-        let found = routes.by_name.get(name).cloned()?;
-        let rest: Vec<_> = routes
-            .functions()
-            .into_iter()
-            .filter(|f| f.name() != name)
-            .collect();
-        *routes = Arc::new(super::routes::Routes::new(rest));
-        Some(found)
-    }
-
     /// A function as the admin API and `cubeflash list` show it.
-    pub fn describe(&self, f: &FunctionState) -> Value {
-        let spec = &f.function.spec;
+    pub fn describe(&self, f: &FunctionState) -> FunctionInfo {
+        let e = &f.entry;
         let base = self.url();
-        let baseline_urls: Vec<String> = f
-            .baseline
-            .as_ref()
-            .map(|b| {
-                b.ready()
-                    .iter()
-                    .map(|e| format!("http://{}", e.addr))
-                    .collect()
-            })
-            .unwrap_or_default();
-        json!({
-            "name": spec.name,
-            "runtime": spec.runtime,
-            "triggers": spec.triggers,
-            "replicas": { "desired": f.serverless.running(), "ready": f.serverless.ready_count() },
-            "baselineReplicas": f.baseline.as_ref().map(|b| json!({ "desired": b.running(), "ready": b.ready_count() })),
-            "inflight": f.inflight.load(Ordering::Relaxed),
-            "queued": f.queued.load(Ordering::Relaxed),
-            "coldStarts": f.cold_starts.load(Ordering::Relaxed),
-            "url": format!("{base}/function/{}", spec.name),
-            "baselineUrl": baseline_urls.first(),
-            "baselineUrls": baseline_urls,
-            "failed": f.serverless.failure(),
-            "scale": spec.scale,
-            "timeout": spec.timeout,
-        })
+        let count = |p: &dyn crate::runtime::pool::ReplicaPool| ReplicaCount {
+            desired: p.wanted(),
+            ready: p.ready_count(),
+        };
+        let baseline_urls = f.baseline.as_ref().map(|b| b.urls()).unwrap_or_default();
+        FunctionInfo {
+            name: e.name.clone(),
+            runtime: e.runtime,
+            state: f.serverless.state(),
+            triggers: e.triggers.clone(),
+            replicas: count(f.serverless.as_ref()),
+            baseline_replicas: f.baseline.as_deref().map(count),
+            inflight: f.inflight(),
+            queued: f.queued(),
+            cold_starts: f.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
+            url: format!("{base}/function/{}", e.name),
+            baseline_url: baseline_urls.first().cloned(),
+            baseline_urls,
+            failed: f.serverless.failure(),
+            trouble: f.serverless.trouble(),
+            scale: e.scale.clone(),
+            timeout: e.timeout.clone(),
+        }
+    }
+}
+
+/// The `{"replicas": N}` of a scale request, N from 0 to `max`; else the 400 to answer.
+async fn requested_replicas<B>(
+    req: Request<B>,
+    max: u32,
+    name: &str,
+) -> Result<u32, Response<GatewayBody>>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let body = Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    match serde_json::from_slice::<ScaleRequest>(&body) {
+        Ok(ScaleRequest { replicas }) if replicas <= max => Ok(replicas),
+        _ => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("send {{\"replicas\": N}} with N from 0 to scale.max ({max})"),
+            Some(name),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
     }
 }

@@ -1,134 +1,183 @@
-//! One invocation: read the body within the limit, find a replica (holding the request in
-//! the function's bounded queue while one starts), forward it, and account for it.
+//! One invocation, on any backend: check the body's size, find a replica (holding the
+//! request in the function's bounded queue while one starts), forward it streamed, retry
+//! on another replica where that is safe, and account for it. Every count taken here (in
+//! flight, queue place, replica slot) is a guard, so a client that goes away, a timeout or a
+//! panic gives it back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Body;
 use hyper::header::HeaderValue;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 
-use crate::runtime::replicas::Endpoint;
+use crate::runtime::pool::Slot;
 
-use super::function::FunctionState;
+use super::body::{self, BoxError, Fault, RequestBody, PREFETCH};
+use super::function::{FunctionState, Inflight};
 use super::metrics::{label, CodeLabels, PhaseLabels, StartLabels};
 use super::proxy::{self, GatewayBody, CALL_ID, COLD_START};
 use super::upstream::UpstreamBody;
-use super::{json_error, Gateway};
+use super::{api, json_response, Gateway};
 
-/// Why a request got no replica.
+/// Timeouts in a row after which a replica is taken out of rotation.
+const TIMEOUTS_IN_A_ROW: u32 = 3;
+/// How long to wait before trying a backend's single address again after it refused.
+const REFUSED_PAUSE: Duration = Duration::from_millis(50);
+/// What a refused body may still send (and have dropped) so that the client reads the 413.
+const DRAIN_REFUSED: u64 = 1 << 20;
+
+/// Why a request got no answer from a replica.
 struct Reject {
     status: StatusCode,
     message: String,
+    log: Option<Vec<String>>,
+}
+
+impl Reject {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            log: None,
+        }
+    }
 }
 
 /// A replica to send to, and how long the request waited for it.
 struct Lease {
-    endpoint: Arc<Endpoint>,
+    slot: Slot,
     waited: Option<Duration>,
     cold: bool,
 }
 
-/// Decrements a counter when dropped, so every exit path gives back what it took.
-struct CountGuard<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl Drop for CountGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// What the response body holds until it is done: the request's in-flight count and its
+/// replica slot.
+struct Held {
+    _inflight: Inflight,
+    _slot: Slot,
 }
 
 impl Gateway {
-    pub(super) async fn dispatch(
+    /// Forwards `req` to `f` at `forward_path`. `trigger` names an internal caller
+    /// (schedule); client requests pass None, and any `X-Cubeflash-*` they sent is dropped.
+    pub(super) async fn dispatch<B>(
         &self,
         f: Arc<FunctionState>,
-        req: Request<Incoming>,
+        req: Request<B>,
         forward_path: &str,
         client: SocketAddr,
-    ) -> Response<GatewayBody> {
+    ) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.dispatch_as(f, req, forward_path, client, None).await
+    }
+
+    pub(super) async fn dispatch_as<B>(
+        &self,
+        f: Arc<FunctionState>,
+        req: Request<B>,
+        forward_path: &str,
+        client: SocketAddr,
+        trigger: Option<&'static str>,
+    ) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let call_id = self.next_call_id();
         f.touch();
-        let response = match self
-            .invoke(&f, req, forward_path, client, &call_id, started)
+        let mut response = match self
+            .invoke(&f, req, forward_path, client, &call_id, trigger, started)
             .await
         {
             Ok(resp) => resp,
-            Err(r) => json_error(r.status, &r.message, Some(f.name())),
+            Err(r) => {
+                if r.status.is_server_error() {
+                    tracing::warn!(function = %f.name(), status = r.status.as_u16(), call = %call_id, "{}", r.message);
+                }
+                let mut resp = json_response(
+                    r.status,
+                    &api::ErrorBody {
+                        error: r.message,
+                        function: Some(f.name().to_string()),
+                        log: r.log,
+                    },
+                );
+                if r.status == StatusCode::TOO_MANY_REQUESTS {
+                    resp.headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                if r.status == StatusCode::REQUEST_TIMEOUT
+                    || r.status == StatusCode::PAYLOAD_TOO_LARGE
+                {
+                    resp.headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
         };
-        let mut response = response;
         if let Ok(v) = HeaderValue::from_str(&call_id) {
             response.headers_mut().insert(CALL_ID, v);
         }
         let code = response.status().as_u16();
-        self.metrics
-            .requests
-            .get_or_create(&CodeLabels {
-                function: f.name().to_string(),
-                code,
-            })
-            .inc();
+        if code == 200 {
+            f.hot.ok.inc();
+        } else {
+            self.metrics
+                .requests
+                .get_or_create(&CodeLabels {
+                    function: f.name().to_string(),
+                    code,
+                })
+                .inc();
+        }
         response
     }
 
-    async fn invoke(
+    #[allow(clippy::too_many_arguments)]
+    async fn invoke<B>(
         &self,
         f: &Arc<FunctionState>,
-        req: Request<Incoming>,
+        req: Request<B>,
         forward_path: &str,
         client: SocketAddr,
         call_id: &str,
+        trigger: Option<&'static str>,
         started: Instant,
-    ) -> Result<Response<GatewayBody>, Reject> {
+    ) -> Result<Response<GatewayBody>, Reject>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let limit = self.config.max_body;
         let too_large = || {
-            Reject {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("the request body is larger than the gateway's limit of {limit} bytes (gateway.maxBodySize in cubeflash.yaml)"),
-        }
+            Reject::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the gateway's limit of {limit} bytes (gateway.maxBodySize in cubeflash.yaml)"),
+            )
         };
         let declared = req
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
+            .and_then(|v| v.parse::<u64>().ok());
+        let (mut parts, incoming) = req.into_parts();
+        if declared.is_some_and(|n| n > limit as u64) {
+            body::drain(incoming, DRAIN_REFUSED, Duration::from_secs(2)).await;
             return Err(too_large());
         }
-        let (mut parts, body) = req.into_parts();
-        let body = if body.is_end_stream() {
-            bytes::Bytes::new()
-        } else {
-            match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    return Err(too_large())
-                }
-                Err(e) => {
-                    return Err(Reject {
-                        status: StatusCode::BAD_REQUEST,
-                        message: format!("failed to read the request body: {e}"),
-                    })
-                }
-            }
-        };
-
-        let lease = self.acquire(f).await?;
-        f.inflight.fetch_add(1, Ordering::Relaxed);
-        let endpoint = lease.endpoint.clone();
-        let set = f.serverless.clone();
-        let fs = f.clone();
-        // Given back when the response body is done (or the request fails before that).
-        let release = move || {
-            fs.inflight.fetch_sub(1, Ordering::Relaxed);
-            set.release(&endpoint, fs.queued.load(Ordering::SeqCst) > 0);
-        };
+        let mut body = RequestBody::new(incoming, limit as u64, self.config.limits.body_timeout);
+        if let Err(fault) = body.prefetch(PREFETCH).await {
+            return Err(self.body_fault(fault).unwrap_or_else(too_large));
+        }
 
         let query = parts
             .uri
@@ -136,68 +185,159 @@ impl Gateway {
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
         // Origin form: the connection already goes to the replica; Host passes through.
-        let uri: Uri = match format!("{forward_path}{query}").parse() {
-            Ok(u) => u,
-            Err(e) => {
-                release();
-                return Err(Reject {
-                    status: StatusCode::BAD_REQUEST,
-                    message: format!("cannot forward path {forward_path:?}: {e}"),
-                });
-            }
-        };
+        let uri: Uri = format!("{forward_path}{query}").parse().map_err(|e| {
+            Reject::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot forward path {forward_path:?}: {e}"),
+            )
+        })?;
         proxy::strip_hop_by_hop(&mut parts.headers);
-        proxy::add_forwarded(&mut parts.headers, client);
+        proxy::strip_internal(&mut parts.headers);
+        proxy::set_forwarded(&mut parts.headers, client);
         if let Ok(v) = HeaderValue::from_str(call_id) {
             parts.headers.insert(CALL_ID, v);
         }
+        if let Some(t) = trigger {
+            parts
+                .headers
+                .insert(proxy::TRIGGER, HeaderValue::from_static(t));
+        }
         parts.uri = uri;
         parts.version = hyper::Version::HTTP_11;
-        let upstream = Request::from_parts(parts, Full::new(body));
+        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+            || parts.headers.contains_key("idempotency-key");
 
-        let sent = Instant::now();
-        let timeout = f.function.spec.timeout.value;
-        let result =
-            tokio::time::timeout(timeout, self.upstreams.send(lease.endpoint.addr, upstream)).await;
-        let (mut head, incoming, conn) = match result {
-            Ok(Ok((resp, conn))) => {
-                let (head, body) = resp.into_parts();
-                (head, body, conn)
+        let timeout = f.entry.timeout.value;
+        let deadline = tokio::time::Instant::now() + f.entry.scale.cold_start_timeout.value;
+        let mut retried = false;
+        let mut request = Request::from_parts(parts, body);
+        loop {
+            let lease = self.acquire(f, deadline).await?;
+            let inflight = f.enter();
+            let endpoint = lease.slot.endpoint.clone();
+            let checkout = match self.upstreams.checkout(endpoint.addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let elsewhere = f.serverless.unreachable(&endpoint);
+                    drop((lease, inflight));
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Reject::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("{:#}", anyhow::Error::from(e)),
+                        ));
+                    }
+                    if !elsewhere {
+                        tokio::time::sleep(REFUSED_PAUSE).await;
+                    }
+                    continue;
+                }
+            };
+            // Kept only where a second try is allowed: an idempotent request whose body is
+            // all in memory.
+            let again = (idempotent && !retried).then(|| replay(&request)).flatten();
+            let sent = Instant::now();
+            let result = tokio::time::timeout(timeout, checkout.send(request)).await;
+            let (mut head, incoming, conn) = match result {
+                Ok(Ok((resp, conn))) => {
+                    endpoint.timeouts.store(0, Ordering::Relaxed);
+                    let (head, body) = resp.into_parts();
+                    (head, body, conn)
+                }
+                Ok(Err(failed)) => {
+                    if let Some(reject) = failed
+                        .unsent
+                        .as_ref()
+                        .and_then(|r| self.body_fault(r.body().fault.get()))
+                    {
+                        return Err(reject);
+                    }
+                    if let Some(unsent) = failed.unsent {
+                        // Never reached the replica: any request may go to another one.
+                        f.serverless.unreachable(&endpoint);
+                        drop((lease, inflight));
+                        request = *unsent;
+                        continue;
+                    }
+                    // The body's own fault (too large, stalled) shows here as a broken send.
+                    if let Some(reject) = again
+                        .as_ref()
+                        .and_then(|r| self.body_fault(r.body().fault.get()))
+                    {
+                        return Err(reject);
+                    }
+                    match again {
+                        Some(copy) if failed.before_response => {
+                            tracing::info!(function = %f.name(), replica = endpoint.id, "replica broke off before answering; retrying an idempotent request on another");
+                            f.serverless.unreachable(&endpoint);
+                            drop((lease, inflight));
+                            retried = true;
+                            request = copy;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let log = f.serverless.log_tail(5);
+                    return Err(Reject {
+                        status: StatusCode::BAD_GATEWAY,
+                        message: format!(
+                            "the replica did not answer: {:#}",
+                            anyhow::Error::from(failed.error)
+                        ),
+                        log,
+                    });
+                }
+                Err(_) => {
+                    if endpoint.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_IN_A_ROW {
+                        f.serverless.unreachable(&endpoint);
+                    }
+                    return Err(Reject::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "the function did not answer within its timeout of {}",
+                            f.entry.timeout.text
+                        ),
+                    ));
+                }
+            };
+            let now = Instant::now();
+            self.account(f, &lease, started, sent, now);
+            proxy::strip_hop_by_hop(&mut head.headers);
+            if let Some(waited) = lease.waited.filter(|_| lease.cold) {
+                if let Ok(v) = HeaderValue::from_str(&waited.as_millis().to_string()) {
+                    head.headers.insert(COLD_START, v);
+                }
             }
-            Ok(Err(e)) => {
-                release();
-                let tail = f.logs.tail(5).join("\n");
-                return Err(Reject {
-                    status: StatusCode::BAD_GATEWAY,
-                    message: format!(
-                        "the replica did not answer: {:#}; last output:\n{tail}",
-                        anyhow::Error::from(e)
-                    ),
-                });
-            }
-            Err(_) => {
-                release();
-                return Err(Reject {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    message: format!(
-                        "the function did not answer within its timeout of {}",
-                        f.function.spec.timeout.text
-                    ),
-                });
-            }
-        };
-        let now = Instant::now();
-        self.account(f, &lease, started, sent, now);
-        proxy::strip_hop_by_hop(&mut head.headers);
-        if let Some(waited) = lease.waited.filter(|_| lease.cold) {
-            if let Ok(v) = HeaderValue::from_str(&waited.as_millis().to_string()) {
-                head.headers.insert(COLD_START, v);
-            }
+            let held = Held {
+                _inflight: inflight,
+                _slot: lease.slot,
+            };
+            return Ok(Response::from_parts(
+                head,
+                UpstreamBody::new(incoming, conn, held).boxed(),
+            ));
         }
-        Ok(Response::from_parts(
-            head,
-            UpstreamBody::new(incoming, conn, release).boxed(),
-        ))
+    }
+
+    /// The answer for a body that went wrong on the client's side.
+    fn body_fault(&self, fault: Fault) -> Option<Reject> {
+        match fault {
+            Fault::None => None,
+            Fault::TooLarge => Some(Reject::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the gateway's limit of {} bytes (gateway.maxBodySize in cubeflash.yaml)", self.config.max_body),
+            )),
+            Fault::TimedOut => Some(Reject::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body stopped arriving for {}s (gateway.bodyTimeout in cubeflash.yaml)",
+                    self.config.limits.body_timeout.as_secs()
+                ),
+            )),
+            Fault::Broken => Some(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "the request body broke off or was badly framed",
+            )),
+        }
     }
 
     fn account(
@@ -225,15 +365,17 @@ impl Gateway {
                 .observe((now - started).as_secs_f64());
             let began = f.cold_start_began.lock().expect("cold start lock").take();
             if let Some(began) = began {
+                let took = now - began;
+                tracing::info!(function = %name, ms = took.as_millis() as u64, "cold start served");
                 self.metrics
                     .cold_start_duration
                     .get_or_create(&label(&name))
-                    .observe((now - began).as_secs_f64());
-                let start = lease.endpoint.start;
-                let first_byte = now.saturating_duration_since(lease.endpoint.ready_at);
+                    .observe(took.as_secs_f64());
+                let endpoint = &lease.slot.endpoint;
+                let first_byte = now.saturating_duration_since(endpoint.ready_at);
                 for (phase, d) in [
-                    ("spawn", start.spawn),
-                    ("readiness", start.readiness),
+                    ("spawn", endpoint.start.spawn),
+                    ("readiness", endpoint.start.readiness),
                     ("first_byte", first_byte),
                 ] {
                     self.metrics
@@ -248,14 +390,18 @@ impl Gateway {
         }
     }
 
-    /// A replica for `f`: at once if one is ready and below its cap, else after waiting in
-    /// the function's bounded queue while the autoscaler starts one.
-    async fn acquire(&self, f: &FunctionState) -> Result<Lease, Reject> {
-        let set = &f.serverless;
-        let limit = f.function.spec.scale.limit;
-        if let Some(endpoint) = set.acquire(limit) {
+    /// A replica slot for `f`: at once if a replica is ready and below its cap, else after
+    /// waiting in the function's bounded queue (until `deadline`) while one starts.
+    async fn acquire(
+        &self,
+        f: &FunctionState,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, Reject> {
+        let pool = &f.serverless;
+        let limit = f.entry.scale.limit;
+        if let Some(slot) = pool.acquire(limit) {
             return Ok(Lease {
-                endpoint,
+                slot,
                 waited: None,
                 cold: false,
             });
@@ -263,49 +409,62 @@ impl Gateway {
         let failed = |why: String| Reject {
             status: StatusCode::BAD_GATEWAY,
             message: why,
+            log: pool.log_tail(20),
         };
-        if let Some(why) = set.failure() {
+        if let Some(why) = pool.failure() {
             return Err(failed(why));
         }
-        if f.queued.fetch_add(1, Ordering::SeqCst) >= self.config.queue_size {
-            f.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Reject {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!(
+        let Some(_queued) = f.wait_in_queue(self.config.queue_size) else {
+            return Err(Reject::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
                     "{} requests are already waiting for a replica of this function; retry shortly",
                     self.config.queue_size
                 ),
-            });
-        }
-        let _queued = CountGuard(&f.queued);
-        let cold = set.ready_count() == 0;
+            ));
+        };
+        let cold = pool.ready_count() == 0;
         let waited_from = Instant::now();
-        let deadline = tokio::time::Instant::now() + f.function.spec.scale.cold_start_timeout.value;
         f.scale_from_zero();
         loop {
-            let notified = set.changed.notified();
+            let notified = pool.waiters().notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(endpoint) = set.acquire(limit) {
+            if let Some(slot) = pool.acquire(limit) {
                 return Ok(Lease {
-                    endpoint,
+                    slot,
                     waited: Some(waited_from.elapsed()),
                     cold,
                 });
             }
-            if let Some(why) = set.failure() {
+            if let Some(why) = pool.failure() {
                 return Err(failed(why));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Reject {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    message: format!(
-                        "no replica was ready within scale.coldStartTimeout ({}); see `cubeflash logs {}`",
-                        f.function.spec.scale.cold_start_timeout.text,
-                        f.name()
+                let cause = pool
+                    .trouble()
+                    .or_else(|| self.backend().and_then(|b| b.trouble()))
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_else(|| format!("; see `cubeflash logs {}`", f.name()));
+                return Err(Reject::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no replica was ready within scale.coldStartTimeout ({}){cause}",
+                        f.entry.scale.cold_start_timeout.text
                     ),
-                });
+                ));
             }
         }
     }
+}
+
+/// A copy of `req` to send again, when its body is all in memory.
+fn replay(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let body = req.body().replay()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }

@@ -1,31 +1,22 @@
-//! One function as the gateway serves it: its spec, its serverless replica set, its
-//! baseline replica set, and the counters the autoscaler and metrics read.
+//! One function as the engine serves it, on any backend: its route-table entry, its
+//! serverless and baseline replica pools, and the counters the autoscaler and metrics read.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::runtime::local::{LogBuffer, ProcessSpec};
-use crate::runtime::replicas::{ProbeClient, ReplicaSet};
-use crate::spec::Function;
+use crate::runtime::pool::ReplicaPool;
 
 use super::metrics::{label, CodeLabels, Metrics, StartLabels};
 use super::scaler;
-
-/// How long in-flight requests may take to finish before a replica is stopped anyway.
-fn drain_grace(f: &Function) -> Duration {
-    f.spec.timeout.value + Duration::from_secs(1)
-}
+use super::table::RouteEntry;
 
 pub struct FunctionState {
-    pub function: Function,
-    pub serverless: Arc<ReplicaSet>,
-    pub baseline: Option<Arc<ReplicaSet>>,
-    pub logs: Arc<LogBuffer>,
-    /// Requests being handled by a replica.
-    pub inflight: AtomicU32,
-    /// Requests waiting for a replica.
-    pub queued: AtomicU32,
+    pub entry: RouteEntry,
+    pub serverless: Arc<dyn ReplicaPool>,
+    pub baseline: Option<Arc<dyn ReplicaPool>>,
+    /// Requests being handled by a replica (see `Inflight`).
+    inflight: AtomicU32,
     pub cold_starts: AtomicU64,
     /// When the last request arrived, as milliseconds since `epoch`.
     last_request_ms: AtomicU64,
@@ -46,29 +37,32 @@ pub struct HotMetrics {
     pub overhead: super::metrics::LatencyHistogram,
 }
 
+/// One request counted in flight for its function until dropped.
+pub struct Inflight(Arc<FunctionState>);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request counted as waiting for a replica of `pool` until dropped.
+pub struct Queued<'a>(&'a AtomicU32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl FunctionState {
     pub fn new(
-        function: Function,
-        spec: ProcessSpec,
-        logs: Arc<LogBuffer>,
-        probe: ProbeClient,
+        entry: RouteEntry,
+        serverless: Arc<dyn ReplicaPool>,
+        baseline: Option<Arc<dyn ReplicaPool>>,
         metrics: Arc<Metrics>,
-        handle: tokio::runtime::Handle,
     ) -> Arc<Self> {
-        let name = function.spec.name.clone();
-        let grace = drain_grace(&function);
-        let serverless = ReplicaSet::new(
-            spec.clone(),
-            logs.clone(),
-            grace,
-            probe.clone(),
-            handle.clone(),
-        );
-        let baseline = function.spec.baseline.as_ref().map(|_| {
-            let mut spec = spec.clone();
-            spec.function = format!("{name}-baseline");
-            ReplicaSet::new(spec, logs.clone(), grace, probe, handle)
-        });
+        let name = entry.name.clone();
         let hot = HotMetrics {
             ok: metrics
                 .requests
@@ -87,12 +81,10 @@ impl FunctionState {
             overhead: metrics.overhead.get_or_create(&label(&name)).clone(),
         };
         Arc::new(Self {
-            function,
+            entry,
             serverless,
             baseline,
-            logs,
             inflight: AtomicU32::new(0),
-            queued: AtomicU32::new(0),
             cold_starts: AtomicU64::new(0),
             last_request_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -104,15 +96,46 @@ impl FunctionState {
     }
 
     pub fn name(&self) -> &str {
-        &self.function.spec.name
+        &self.entry.name
     }
 
-    /// Starts what must always run: `scale.min` replicas and the baseline.
+    /// Requests being handled by a replica now.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a replica now.
+    pub fn queued(&self) -> u32 {
+        self.serverless.waiters().count()
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> Inflight {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        Inflight(self.clone())
+    }
+
+    /// Counts a request as waiting for a replica, unless `bound` already wait.
+    pub fn wait_in_queue(&self, bound: u32) -> Option<Queued<'_>> {
+        let waiting = &self.serverless.waiters().waiting;
+        if waiting.fetch_add(1, Ordering::SeqCst) >= bound {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Queued(waiting))
+    }
+
+    /// Starts what must always run: `scale.min` replicas (or keeps more, for a pool taken
+    /// over from an earlier table) and the baseline.
     pub fn start(&self) {
-        let spec = &self.function.spec;
-        self.serverless.scale_to(spec.scale.min);
-        if let (Some(b), Some(set)) = (&spec.baseline, &self.baseline) {
-            set.scale_to(b.replicas);
+        let min = self.entry.scale.min;
+        self.serverless.scale_to(
+            min.max(self.serverless.wanted())
+                .min(self.entry.scale.max.max(min)),
+            true,
+        );
+        if let (Some(b), Some(pool)) = (&self.entry.baseline, &self.baseline) {
+            pool.scale_to(b.replicas, true);
         }
     }
 
@@ -126,10 +149,10 @@ impl FunctionState {
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    /// A request found no replica: start one now rather than at the next autoscaler tick.
+    /// A request found no replica: ask for one now rather than at the next autoscaler tick.
     /// Counts one cold start however many requests arrive at once.
     pub fn scale_from_zero(&self) {
-        if self.serverless.running() == 0 && self.serverless.failure().is_none() {
+        if self.serverless.wanted() == 0 && self.serverless.failure().is_none() {
             let mut began = self.cold_start_began.lock().expect("cold start lock");
             if began.is_none() {
                 *began = Some(Instant::now());
@@ -138,20 +161,19 @@ impl FunctionState {
                     .cold_starts
                     .get_or_create(&label(self.name()))
                     .inc();
+                tracing::info!(function = %self.name(), "cold start");
             }
             drop(began);
-            self.serverless.scale_to(1);
+            self.serverless.scale_to(1, false);
         }
     }
 
-    /// One autoscaler step.
+    /// One autoscaler step. A failed pool is not scaled up (it retries on its own), but it
+    /// still goes back to zero when idle.
     pub fn autoscale(&self) {
-        if self.serverless.failure().is_some() {
-            return;
-        }
-        let spec = &self.function.spec.scale;
-        let current = self.serverless.running();
-        let demand = self.inflight.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed);
+        let spec = &self.entry.scale;
+        let current = self.serverless.wanted();
+        let demand = self.inflight() + self.queued();
         let bounds = scaler::Bounds {
             min: spec.min,
             max: spec.max,
@@ -165,9 +187,31 @@ impl FunctionState {
             self.since_request(),
             &self.below_since,
         );
-        if desired != current {
-            self.serverless.scale_to(desired);
+        if desired == current || (desired > current && self.serverless.failure().is_some()) {
+            return;
         }
+        tracing::debug!(function = %self.name(), from = current, to = desired, demand, "scale");
+        self.serverless.scale_to(desired, false);
+    }
+
+    /// Stops the pools that `keep` (the function's successor, if any) does not take over.
+    pub async fn retire(&self, keep: Option<&FunctionState>) {
+        let shared = |a: &Arc<dyn ReplicaPool>, b: Option<&Arc<dyn ReplicaPool>>| {
+            b.is_some_and(|b| Arc::ptr_eq(a, b))
+        };
+        let serverless = async {
+            if !shared(&self.serverless, keep.map(|k| &k.serverless)) {
+                self.serverless.shutdown().await;
+            }
+        };
+        let baseline = async {
+            if let Some(b) = &self.baseline {
+                if !shared(b, keep.and_then(|k| k.baseline.as_ref())) {
+                    b.shutdown().await;
+                }
+            }
+        };
+        tokio::join!(serverless, baseline);
     }
 
     pub async fn shutdown(&self) {

@@ -221,6 +221,38 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets the gauges that mirror state from the functions as they are now.
+    pub fn refresh(
+        &self,
+        functions: &[std::sync::Arc<super::function::FunctionState>],
+        idle: usize,
+    ) {
+        for f in functions {
+            let name = f.name();
+            let ready = f.serverless.ready_count();
+            let baseline = f.baseline.as_ref().map_or(0, |b| b.ready_count());
+            for (state, n) in [
+                ("ready", ready),
+                ("starting", f.serverless.wanted().saturating_sub(ready)),
+                ("baseline", baseline),
+            ] {
+                self.replicas
+                    .get_or_create(&StateLabels {
+                        function: name.to_string(),
+                        state,
+                    })
+                    .set(i64::from(n));
+            }
+            self.inflight
+                .get_or_create(&label(name))
+                .set(i64::from(f.inflight()));
+            self.queued
+                .get_or_create(&label(name))
+                .set(i64::from(f.queued()));
+        }
+        self.upstream_idle.set(idle as i64);
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -1,6 +1,7 @@
 //! Header handling for forwarding a request to a replica, as a reverse proxy should:
-//! hop-by-hop headers dropped both ways, X-Forwarded-* added. The connections themselves
-//! are in `upstream`.
+//! hop-by-hop headers dropped both ways; X-Forwarded-* set by the gateway, replacing what
+//! the client sent; every client-sent `X-Cubeflash-*` header dropped, so no request can pose
+//! as the scheduler or carry its own call id. The connections themselves are in `upstream`.
 
 use std::net::SocketAddr;
 
@@ -14,6 +15,8 @@ pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 
 pub const CALL_ID: &str = "x-cubeflash-call-id";
 pub const COLD_START: &str = "x-cubeflash-cold-start";
+/// Which internal trigger made the call (schedule); only the gateway sets it.
+pub const TRIGGER: &str = "x-cubeflash-trigger";
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -49,22 +52,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds the client to X-Forwarded-For and sets X-Forwarded-Host and -Proto.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+/// Drops every `X-Cubeflash-*` header: those are the gateway's to set.
+pub fn strip_internal(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_internal) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| is_internal(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+fn is_internal(name: &HeaderName) -> bool {
+    name.as_str()
+        .as_bytes()
+        .get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"x-cubeflash-"))
+}
+
+/// Sets X-Forwarded-For to the client's address and X-Forwarded-Host and -Proto to what it
+/// asked for, replacing whatever the client sent: the gateway is the edge, and a function
+/// that trusts these headers must be able to.
+pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
+    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
         headers.insert("x-forwarded-for", v);
     }
-    if let Some(host) = headers.get(hyper::header::HOST).cloned() {
-        headers.entry("x-forwarded-host").or_insert(host);
+    match headers.get(hyper::header::HOST).cloned() {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
     }
-    headers
-        .entry("x-forwarded-proto")
-        .or_insert(HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.remove("forwarded");
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> GatewayBody {
@@ -94,11 +116,27 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends_the_client() {
+    fn forwarded_headers_from_the_client_are_replaced() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        h.insert("host", HeaderValue::from_static("gw:8080"));
+        set_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gw:8080");
+    }
+
+    #[test]
+    fn client_sent_cubeflash_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("X-Cubeflash-Trigger", HeaderValue::from_static("schedule"));
+        h.insert("x-cubeflash-call-id", HeaderValue::from_static("forged"));
+        h.insert("x-cubeflashy", HeaderValue::from_static("kept"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_internal(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-kept") && h.contains_key("x-cubeflashy"));
     }
 }

@@ -1,22 +1,144 @@
-//! The listener side of the gateway: one single-threaded runtime per core accepting on a
-//! shared socket, graceful shutdown, and the background loops (autoscaler, schedules) that
-//! run beside the serving threads. What a request does is in `gateway.rs` and `dispatch`.
+//! The listener side of the engine, the same on every target: one single-threaded runtime
+//! per core accepting on a shared socket, the limits a hostile or slow client meets
+//! (connection cap, head, body and idle timeouts, accept backoff), graceful drain on
+//! shutdown, and the autoscaler loop. What a request does is in `gateway.rs` and `dispatch`.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::metrics::KindLabels;
-use super::{Gateway, AUTOSCALE_EVERY};
+use super::{json_error, Gateway, AUTOSCALE_EVERY};
+
+/// Connections past the cap that still get a short answer (so /healthz works in a flood);
+/// past these, new connections are closed at once.
+const OVERFLOW: usize = 64;
+/// The head of a request on an overflow connection must arrive within this.
+const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Connections a serving thread has open; its drain waits for them.
+#[derive(Default)]
+struct Open {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+struct OpenGuard(Arc<Open>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// Whether a connection did anything lately, and whether a request is being handled.
+#[derive(Default)]
+struct Activity {
+    touched: AtomicBool,
+    busy: AtomicU32,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touched.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A client socket that notes when bytes move, for the idle timeout.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touched.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touched.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touched.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Why a connection was let in: within the cap, or on the short overflow lane.
+enum Admission {
+    Full(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+    Overflow(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+}
+
+/// Accept errors that say only that one connection went away before it was accepted.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
+}
 
 impl Gateway {
-    /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests
-    /// (bounded by `grace`) and stops every replica.
+    /// Serves on `listener` until `shutdown` resolves, then drains: /healthz turns
+    /// unavailable, no new connection is accepted, requests in flight get `grace` to finish,
+    /// and every replica stops.
     ///
     /// Requests are served by one single-threaded runtime per core, each accepting on the
     /// same socket (the nginx model): a connection and the replica connections it uses stay
@@ -24,24 +146,20 @@ impl Gateway {
     /// `CUBEFLASH_WORKERS` sets their number.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         *self.local_addr.write().expect("addr lock") = listener.local_addr().ok();
-        for f in self.routes().functions() {
-            f.start();
-        }
-        self.runtimes.warm(
-            self.routes()
-                .functions()
-                .iter()
-                .map(|f| f.function.spec.runtime),
-        );
-        let scaler = tokio::spawn(autoscale_loop(self.clone()));
-        let scheduler = tokio::spawn(schedule_loop(self.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let mut loops = match self.backend() {
+            Some(b) => b.start(self.clone(), stopped.clone()),
+            None => Vec::new(),
+        };
+        loops.push(tokio::spawn(autoscale_loop(self.clone())));
         let workers = std::env::var("CUBEFLASH_WORKERS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let std_listener = listener.into_std().expect("a bound listener converts");
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let conns = Arc::new(Semaphore::new(self.config.limits.max_connections.max(1)));
+        let overflow = Arc::new(Semaphore::new(OVERFLOW));
         let mut threads = Vec::new();
         for i in 0..workers {
             let listener = std_listener
@@ -49,24 +167,31 @@ impl Gateway {
                 .expect("the listening socket can be shared");
             let gateway = self.clone();
             let stopped = stopped.clone();
+            let (conns, overflow) = (conns.clone(), overflow.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("cubeflash-http-{i}"))
-                .spawn(move || gateway.serve_worker(listener, stopped))
+                .spawn(move || gateway.serve_worker(listener, stopped, conns, overflow))
                 .expect("worker threads start");
             threads.push(thread);
         }
         drop(std_listener);
+        tracing::info!(url = %self.url(), workers, "gateway listening");
         shutdown.await;
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!(grace = ?self.config.grace, "shutting down: draining requests in flight");
         let _ = stop.send(true);
         for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        scaler.abort();
-        scheduler.abort();
-        self.runtimes.shutdown();
-        let functions = self.routes().functions();
-        let stops = functions.iter().map(|f| f.shutdown());
-        futures_join_all(stops).await;
+        for l in &loops {
+            l.abort();
+        }
+        let functions = self.routes().functions().to_vec();
+        futures::future::join_all(functions.iter().map(|f| f.shutdown())).await;
+        if let Some(b) = self.backend() {
+            b.shutdown();
+        }
+        tracing::info!("gateway stopped");
     }
 
     /// One serving thread: accepts and serves connections until told to stop, then lets
@@ -74,7 +199,9 @@ impl Gateway {
     fn serve_worker(
         self: Arc<Self>,
         listener: std::net::TcpListener,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
+        mut stopped: watch::Receiver<bool>,
+        conns: Arc<Semaphore>,
+        overflow: Arc<Semaphore>,
     ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -82,40 +209,134 @@ impl Gateway {
             .expect("a worker runtime starts");
         rt.block_on(async move {
             let listener = TcpListener::from_std(listener).expect("a non-blocking listener");
-            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            let open = Arc::new(Open::default());
+            let mut backoff = Duration::from_millis(5);
+            let mut last_warning: Option<Instant> = None;
             loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, client)) = accepted else { continue };
-                        let _ = stream.set_nodelay(true);
-                        let gateway = self.clone();
-                        let service = service_fn(move |req| {
-                            let gateway = gateway.clone();
-                            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
-                        });
-                        let conn = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(Duration::from_secs(30))
-                            .serve_connection(TokioIo::new(stream), service);
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                    }
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
                     _ = stopped.changed() => break,
-                }
+                };
+                let (stream, client) = match accepted {
+                    Ok(a) => {
+                        backoff = Duration::from_millis(5);
+                        a
+                    }
+                    Err(e) if is_per_connection(&e) => continue,
+                    Err(e) => {
+                        // Out of file descriptors or memory: wait for some to free up rather
+                        // than spin on an accept that fails at once.
+                        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                            tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                            last_warning = Some(Instant::now());
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stopped.changed() => break,
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
+                };
+                let admission = match conns.clone().try_acquire_owned() {
+                    Ok(p) => Admission::Full(p),
+                    Err(_) => match overflow.clone().try_acquire_owned() {
+                        Ok(p) => Admission::Overflow(p),
+                        Err(_) => continue, // dropped: the connection is refused
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                open.count.fetch_add(1, Ordering::AcqRel);
+                let guard = OpenGuard(open.clone());
+                let gateway = self.clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    gateway.connection(stream, client, admission, stopped).await;
+                    drop(guard);
+                });
             }
             drop(listener);
-            let _ = tokio::time::timeout(self.config.grace, graceful.shutdown()).await;
+            let deadline = tokio::time::Instant::now() + self.config.grace;
+            loop {
+                let closed = open.closed.notified();
+                if open.count.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                    break;
+                }
+            }
         });
     }
-}
 
-/// Awaits every future (a tiny join_all, to avoid a dependency for one call).
-async fn futures_join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    let handles: Vec<_> = futures.collect();
-    for f in handles {
-        f.await;
+    /// Serves one client connection until it closes, idles out, or the gateway stops.
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: std::net::SocketAddr,
+        admission: Admission,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let limits = self.config.limits;
+        let overflow = matches!(admission, Admission::Overflow(_));
+        let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(Watched {
+            stream,
+            activity: activity.clone(),
+        });
+        let gateway = self.clone();
+        let act = activity.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let gateway = gateway.clone();
+            act.busy.fetch_add(1, Ordering::Relaxed);
+            let busy = Busy(act.clone());
+            async move {
+                let _busy = busy;
+                let bodiless = matches!(*req.method(), Method::GET | Method::HEAD);
+                if overflow && !(bodiless && req.uri().path() == "/healthz") {
+                    return Ok::<_, std::convert::Infallible>(json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the gateway has as many connections open as gateway.maxConnections allows; retry shortly",
+                        None,
+                    ));
+                }
+                Ok(gateway.handle(req, client).await)
+            }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(if overflow {
+                OVERFLOW_HEADER_TIMEOUT
+            } else {
+                limits.header_timeout
+            })
+            .keep_alive(!overflow);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let period = (limits.idle_timeout / 2).max(Duration::from_millis(50));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut quiet = 0;
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stopped.changed() => break,
+                _ = tick.tick() => {
+                    let touched = activity.touched.swap(false, Ordering::Relaxed);
+                    if touched || activity.busy.load(Ordering::Relaxed) > 0 {
+                        quiet = 0;
+                    } else {
+                        quiet += 1;
+                        if quiet >= 2 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Finish the request in flight, if any, then close.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
 
@@ -130,21 +351,22 @@ async fn autoscale_loop(gateway: Arc<Gateway>) {
         let now = Instant::now();
         let dt = (now - last).as_secs_f64();
         last = now;
-        let functions = gateway.routes().functions();
-        // About once a second: close pooled connections to replicas that have stopped.
+        let routes = gateway.routes();
+        let functions = routes.functions();
+        // About once a second: close pooled connections to replicas that have stopped, and
+        // those idle for too long.
         if ticks.is_multiple_of(10) {
             let live: std::collections::HashSet<std::net::SocketAddr> = functions
                 .iter()
-                .flat_map(|f| f.serverless.ready())
-                .map(|e| e.addr)
+                .flat_map(|f| f.serverless.addrs())
                 .collect();
             gateway.upstreams.retain_live(|addr| live.contains(addr));
         }
         for f in functions {
             f.autoscale();
             let held = [
-                ("serverless", f.serverless.running()),
-                ("baseline", f.baseline.as_ref().map_or(0, |b| b.running())),
+                ("serverless", f.serverless.wanted()),
+                ("baseline", f.baseline.as_ref().map_or(0, |b| b.wanted())),
             ];
             for (kind, n) in held.into_iter().filter(|(_, n)| *n > 0) {
                 let labels = KindLabels {
@@ -157,61 +379,6 @@ async fn autoscale_loop(gateway: Arc<Gateway>) {
                     .get_or_create(&labels)
                     .inc_by(f64::from(n) * dt);
             }
-        }
-    }
-}
-
-/// Fires schedule triggers: once a second, calls every due function through the gateway
-/// itself, and notes the call in the function's log.
-async fn schedule_loop(gateway: Arc<Gateway>) {
-    use crate::triggers::schedule::{ScheduleKey, Schedules};
-    let client = reqwest::Client::new();
-    let mut schedules = Schedules::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let routes = gateway.routes();
-        let current: Vec<(ScheduleKey, String)> = routes
-            .functions()
-            .iter()
-            .flat_map(|f| {
-                let name = f.name().to_string();
-                f.function
-                    .spec
-                    .schedule_triggers()
-                    .enumerate()
-                    .map(move |(index, t)| {
-                        (
-                            ScheduleKey {
-                                function: name.clone(),
-                                index,
-                                cron: t.cron.clone(),
-                            },
-                            t.body.clone(),
-                        )
-                    })
-            })
-            .collect();
-        for (key, body) in schedules.due(&current, chrono::Utc::now()) {
-            let Some(f) = routes.by_name.get(&key.function).cloned() else {
-                continue;
-            };
-            let request = client
-                .post(format!("{}/function/{}", gateway.url(), key.function))
-                .header("X-Cubeflash-Trigger", "schedule")
-                .body(body);
-            tokio::spawn(async move {
-                let outcome = match request.send().await {
-                    Ok(resp) => resp.status().to_string(),
-                    Err(e) => format!("failed: {e}"),
-                };
-                f.logs.push(format!(
-                    "[{}] cubeflash: schedule {} ({}) fired: {outcome}",
-                    key.function,
-                    key.index + 1,
-                    key.cron
-                ));
-            });
         }
     }
 }

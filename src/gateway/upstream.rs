@@ -3,6 +3,9 @@
 //! cross-task hand-offs; here the request's task polls the connection while it waits for the
 //! response, and the response body keeps polling it until the last byte, then gives it back
 //! to the pool. Measured by bench/gateway-overhead.sh.
+//!
+//! Connecting (`checkout`) and sending (`Checkout::send`) are separate steps, so that a
+//! request whose replica refused the connection is still whole and can go to another one.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -12,22 +15,32 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::ThreadId;
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+use super::body::RequestBody;
+
+type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// An idle pooled connection older than this is closed rather than reused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting to a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One keep-alive connection to a replica.
 pub struct Upstream {
-    sender: http1::SendRequest<Full<Bytes>>,
+    sender: http1::SendRequest<RequestBody>,
     conn: Pin<Box<Connection>>,
     /// The connection future finished: the socket is closed.
     closed: bool,
+    /// When it went back to the pool.
+    idle_since: Instant,
 }
 
 impl Upstream {
@@ -72,10 +85,11 @@ impl UpstreamPool {
         self.idle.lock().expect("pool lock").get_mut(&key)?.pop()
     }
 
-    fn put(&self, addr: SocketAddr, up: Upstream) {
+    fn put(&self, addr: SocketAddr, mut up: Upstream) {
         if up.closed || up.sender.is_closed() {
             return;
         }
+        up.idle_since = Instant::now();
         let key = (std::thread::current().id(), addr);
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.entry(key).or_default();
@@ -87,10 +101,12 @@ impl UpstreamPool {
     /// Drops idle connections to replicas that are gone (`live` says which addresses still
     /// serve): their sockets would otherwise stay open in the pool for good.
     pub fn retain_live(&self, live: impl Fn(&SocketAddr) -> bool) {
-        self.idle
-            .lock()
-            .expect("pool lock")
-            .retain(|k, _| live(&k.1));
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.retain(|k, _| live(&k.1));
+        for list in idle.values_mut() {
+            list.retain(|up| up.idle_since.elapsed() < IDLE_TIMEOUT);
+        }
+        idle.retain(|_, list| !list.is_empty());
     }
 
     /// Idle connections held, over all replicas and serving threads.
@@ -104,9 +120,14 @@ impl UpstreamPool {
     }
 
     async fn connect(addr: SocketAddr) -> Result<Upstream, UpstreamError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            )),
+        }
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
         // Small responses would otherwise wait for delayed ACKs.
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -116,11 +137,13 @@ impl UpstreamPool {
             sender,
             conn: Box::pin(conn),
             closed: false,
+            idle_since: Instant::now(),
         })
     }
 
-    /// A connection ready to take a request: an idle one that is still open, else a new one.
-    async fn checkout(&self, addr: SocketAddr) -> Result<(Upstream, bool), UpstreamError> {
+    /// A connection to `addr` ready to take a request: an idle one that is still open, else a
+    /// new one. Fails only when the replica cannot be connected to.
+    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<Checkout, UpstreamError> {
         while let Some(mut up) = self.take(addr) {
             let ready = poll_fn(|cx| {
                 up.drive(cx);
@@ -132,91 +155,117 @@ impl UpstreamPool {
             })
             .await;
             if ready {
-                return Ok((up, true));
-            }
-        }
-        Ok((Self::connect(addr).await?, false))
-    }
-
-    /// Sends `req` to `addr` and returns the response whose body gives the connection back.
-    /// A request on a reused connection that the replica had closed is sent again on a new
-    /// one when that is safe (see below); the body is in memory.
-    pub async fn send(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        req: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
-        let (mut up, reused) = self.checkout(addr).await?;
-        let idempotent = matches!(
-            *req.method(),
-            hyper::Method::GET
-                | hyper::Method::HEAD
-                | hyper::Method::OPTIONS
-                | hyper::Method::PUT
-                | hyper::Method::DELETE
-        );
-        let retry = reused.then(|| clone_request(&req));
-        match exchange(&mut up, req).await {
-            Ok(resp) => Ok((
-                resp,
-                PooledConnection {
-                    up: Some(up),
+                return Ok(Checkout {
+                    up,
+                    reused: true,
                     addr,
                     pool: self.clone(),
-                },
-            )),
-            // Never sent (canceled), or an idempotent request on a connection the replica had
-            // closed: send it again on a new connection. Anything else may have reached the
-            // handler and is not repeated.
-            Err(e)
-                if e.is_canceled()
-                    || (idempotent && (e.is_closed() || e.is_incomplete_message())) =>
-            {
-                match retry {
-                    Some(req) => {
-                        let mut fresh = Self::connect(addr).await?;
-                        let resp = exchange(&mut fresh, req)
-                            .await
-                            .map_err(|source| UpstreamError::Http { addr, source })?;
-                        Ok((
-                            resp,
-                            PooledConnection {
-                                up: Some(fresh),
-                                addr,
-                                pool: self.clone(),
-                            },
-                        ))
-                    }
-                    None => Err(UpstreamError::Http { addr, source: e }),
-                }
+                });
             }
-            Err(source) => Err(UpstreamError::Http { addr, source }),
+        }
+        Ok(Checkout {
+            up: Self::connect(addr).await?,
+            reused: false,
+            addr,
+            pool: self.clone(),
+        })
+    }
+}
+
+/// A connection taken for one request.
+pub struct Checkout {
+    up: Upstream,
+    reused: bool,
+    addr: SocketAddr,
+    pool: Arc<UpstreamPool>,
+}
+
+/// Why an exchange failed, and the request when it was never sent (so it may go elsewhere).
+pub struct SendError {
+    pub error: UpstreamError,
+    pub unsent: Option<Box<Request<RequestBody>>>,
+    /// Whether the replica broke off before any byte of an answer (the request may or may
+    /// not have reached the handler).
+    pub before_response: bool,
+}
+
+impl Checkout {
+    /// Sends `req` and returns the response whose body gives the connection back. A reused
+    /// connection that the replica had closed before taking the request is replaced by a new
+    /// one, for any request: hyper hands back a request it did not send.
+    pub async fn send(
+        mut self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, PooledConnection), SendError> {
+        let addr = self.addr;
+        let req = match exchange(&mut self.up, req).await {
+            Ok(resp) => return Ok((resp, self.pooled())),
+            Err(Exchange::Unsent(req, _)) if self.reused => *req,
+            Err(Exchange::Unsent(req, source)) => {
+                return Err(SendError {
+                    error: UpstreamError::Http { addr, source },
+                    unsent: Some(req),
+                    before_response: true,
+                })
+            }
+            Err(Exchange::Failed(source)) => {
+                return Err(SendError {
+                    before_response: source.is_incomplete_message()
+                        || source.is_closed()
+                        || source.is_canceled(),
+                    error: UpstreamError::Http { addr, source },
+                    unsent: None,
+                })
+            }
+        };
+        match UpstreamPool::connect(addr).await {
+            Ok(up) => {
+                self.up = up;
+                self.reused = false;
+            }
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(Box::new(req)),
+                    before_response: true,
+                })
+            }
+        }
+        Box::pin(self.send(req)).await
+    }
+
+    fn pooled(self) -> PooledConnection {
+        PooledConnection {
+            up: Some(self.up),
+            addr: self.addr,
+            pool: self.pool,
         }
     }
 }
 
-fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut copy = Request::new(req.body().clone());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
+enum Exchange {
+    /// The connection could not take it; here it is back.
+    Unsent(Box<Request<RequestBody>>, hyper::Error),
+    Failed(hyper::Error),
 }
 
 /// Sends one request, driving the connection until the response head arrives.
 async fn exchange(
     up: &mut Upstream,
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, hyper::Error> {
-    let mut response = std::pin::pin!(up.sender.send_request(req));
-    poll_fn(|cx| {
+    req: Request<RequestBody>,
+) -> Result<Response<Incoming>, Exchange> {
+    let mut response = std::pin::pin!(up.sender.try_send_request(req));
+    let result = poll_fn(|cx| {
         if !up.closed && up.conn.as_mut().poll(cx).is_ready() {
             up.closed = true;
         }
         response.as_mut().poll(cx)
     })
-    .await
+    .await;
+    result.map_err(|mut e| match e.take_message() {
+        Some(req) => Exchange::Unsent(Box::new(req), e.into_error()),
+        None => Exchange::Failed(e.into_error()),
+    })
 }
 
 /// The connection a response body still needs; back to the pool once the body is done.
@@ -241,20 +290,20 @@ impl PooledConnection {
 }
 
 /// A replica's response body: keeps its connection moving while it streams, returns the
-/// connection to the pool at the end, and runs `on_done` (request accounting) when it has
-/// been sent or dropped.
-pub struct UpstreamBody<F: FnOnce() + Send + Unpin> {
+/// connection to the pool at the end, and drops `guard` (the request's in-flight count and
+/// replica slot) when the body has been sent or dropped.
+pub struct UpstreamBody<G: Send + Unpin> {
     inner: Incoming,
     conn: PooledConnection,
-    on_done: Option<F>,
+    guard: Option<G>,
 }
 
-impl<F: FnOnce() + Send + Unpin> UpstreamBody<F> {
-    pub fn new(inner: Incoming, conn: PooledConnection, on_done: F) -> Self {
+impl<G: Send + Unpin> UpstreamBody<G> {
+    pub fn new(inner: Incoming, conn: PooledConnection, guard: G) -> Self {
         Self {
             inner,
             conn,
-            on_done: Some(on_done),
+            guard: Some(guard),
         }
     }
 
@@ -265,22 +314,20 @@ impl<F: FnOnce() + Send + Unpin> UpstreamBody<F> {
             // A body cut short leaves the connection mid-message: close it.
             self.conn.up = None;
         }
-        if let Some(f) = self.on_done.take() {
-            f();
-        }
+        self.guard = None;
     }
 }
 
-impl<F: FnOnce() + Send + Unpin> Drop for UpstreamBody<F> {
+impl<G: Send + Unpin> Drop for UpstreamBody<G> {
     fn drop(&mut self) {
-        if self.on_done.is_some() {
+        if self.guard.is_some() {
             let complete = self.inner.is_end_stream();
             self.finish(complete);
         }
     }
 }
 
-impl<F: FnOnce() + Send + Unpin> Body for UpstreamBody<F> {
+impl<G: Send + Unpin> Body for UpstreamBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 

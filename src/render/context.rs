@@ -12,15 +12,14 @@ use crate::spec::project::Images;
 use crate::spec::{Function, ProjectSpec, Runtime, Trigger};
 
 use super::templates;
-use crate::names::labels;
 use super::RenderError;
+use crate::names::labels;
 
 pub use crate::names::{FUNCTION_PORT, GATEWAY_NAME, ROUTES_CONFIGMAP, RUN_AS_UID};
 pub const CODE_DIR: &str = "/var/cubeflash/function";
 pub const RUNTIME_DIR: &str = "/var/cubeflash/runtime";
 /// A ConfigMap holds at most 1 MiB, metadata included.
 pub const MAX_CODE_BYTES: usize = 1_000_000;
-
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +32,10 @@ pub struct GatewayContext {
     pub queue_size: u32,
     /// Largest request body, in bytes.
     pub max_body_size: u64,
+    pub max_connections: u32,
+    pub header_timeout: String,
+    pub body_timeout: String,
+    pub idle_timeout: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +62,10 @@ impl ProjectContext {
                 routes_config_map: ROUTES_CONFIGMAP,
                 queue_size: project.gateway.queue_size,
                 max_body_size: project.gateway.max_body_size,
+                max_connections: project.gateway.max_connections,
+                header_timeout: project.gateway.header_timeout.text.clone(),
+                body_timeout: project.gateway.body_timeout.text.clone(),
+                idle_timeout: project.gateway.idle_timeout.text.clone(),
             },
             uid: RUN_AS_UID,
         }
@@ -398,4 +405,3 @@ impl FunctionContext {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-

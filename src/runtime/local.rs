@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::sandbox::{Sandbox, SandboxError};
 use crate::render::context::shim;
 use crate::spec::{Function, Runtime};
 
@@ -31,6 +33,8 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     /// Pre-started interpreters to take a replica from, when the runtime has them.
     pub pool: Option<Arc<WarmPool>>,
+    /// Clean environment, user, lifeline and process-group records.
+    pub sandbox: Arc<Sandbox>,
 }
 
 impl std::fmt::Debug for ProcessSpec {
@@ -55,6 +59,18 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The gateway runs as root and replicas as an unprivileged user who cannot read the code.
+    #[error("{} is not readable by the user {user}, whom replicas run as because the gateway runs as root: make the repo readable by others (chmod o+rX on it and on every folder above it), run the gateway as an ordinary user, or set CUBEFLASH_REPLICA_USER to a user who can read it", dir.display())]
+    Unreadable { dir: PathBuf, user: String },
+    /// No interpreter the replica user can run.
+    #[error("no {program} that the user {user} can run: {found} is in a folder that user cannot enter; install {program} system-wide (e.g. `apt-get install {program}`) or set CUBEFLASH_REPLICA_USER")]
+    NoInterpreter {
+        program: &'static str,
+        found: String,
+        user: String,
+    },
 }
 
 /// The language runtimes on this machine: shims written under `.cubeflash/runtime/`,
@@ -62,12 +78,20 @@ pub enum LocalError {
 pub struct Runtimes {
     python: (PathBuf, Arc<WarmPool>),
     node: (PathBuf, Arc<WarmPool>),
+    pub sandbox: Arc<Sandbox>,
+    /// Interpreters the replica user can run (None: not found; said at load).
+    python_path: Result<String, String>,
+    node_path: Result<String, String>,
 }
 
 impl Runtimes {
     /// Must be called within the runtime that will own warm processes.
     pub fn new(state_dir: &Path) -> Result<Arc<Self>, LocalError> {
         let handle = tokio::runtime::Handle::current();
+        let sandbox = Arc::new(Sandbox::new(state_dir)?);
+        // The state folder may be entered (not listed) by the replica user, who must read
+        // the shims; tokens and logs inside it are 0600 / 0700.
+        let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711));
         let dir = state_dir.join("runtime");
         let write = |rt| -> Result<PathBuf, LocalError> {
             let (file, text) = shim(rt).expect("python and node have shims");
@@ -77,16 +101,32 @@ impl Runtimes {
                 source,
             };
             std::fs::create_dir_all(&dir).map_err(io)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
                 std::fs::write(&path, text).map_err(io)?;
             }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
             Ok(path)
         };
         let py = write(Runtime::Python)?;
         let js = write(Runtime::Node)?;
+        let python_path = runnable(&sandbox, "python3", python());
+        let node_path = runnable(&sandbox, "node", node());
+        let pool_of = |path: &Result<String, String>, shim: &Path| {
+            WarmPool::new(
+                path.as_deref().unwrap_or("/nonexistent"),
+                shim,
+                handle.clone(),
+                sandbox.clone(),
+                state_dir,
+            )
+        };
         Ok(Arc::new(Self {
-            python: (py.clone(), WarmPool::new(python(), &py, handle.clone())),
-            node: (js.clone(), WarmPool::new(node(), &js, handle)),
+            python: (py.clone(), pool_of(&python_path, &py)),
+            node: (js.clone(), pool_of(&node_path, &js)),
+            sandbox: sandbox.clone(),
+            python_path,
+            node_path,
         }))
     }
 
@@ -98,10 +138,15 @@ impl Runtimes {
         }
     }
 
-    /// Tops up the warm pool of each runtime in `used`.
+    /// Tops up the warm pool of each runtime in `used` that has an interpreter.
     pub fn warm(&self, used: impl IntoIterator<Item = Runtime>) {
         for rt in used {
-            if let Some(pool) = self.pool(rt) {
+            let usable = match rt {
+                Runtime::Python => self.python_path.is_ok(),
+                Runtime::Node => self.node_path.is_ok(),
+                _ => false,
+            };
+            if let (true, Some(pool)) = (usable, self.pool(rt)) {
                 pool.fill();
             }
         }
@@ -128,6 +173,18 @@ pub fn process_spec(
         .collect();
     env.push(("CUBEFLASH_FUNCTION".into(), spec.name.clone()));
     env.push(("CUBEFLASH_BIND".into(), "127.0.0.1".into()));
+    let dir = root.join(&f.rel_dir);
+    if !runtimes.sandbox.can_read(&dir) {
+        return Err(LocalError::Unreadable {
+            dir,
+            user: runtimes
+                .sandbox
+                .user
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_default(),
+        });
+    }
     let mut pool = None;
     let (program, args) = match spec.runtime {
         Runtime::Image => {
@@ -135,10 +192,17 @@ pub fn process_spec(
                 function: spec.name.clone(),
             })
         }
-        Runtime::Exec => (
-            "sh".to_string(),
-            vec!["-c".to_string(), spec.handler.clone().unwrap_or_default()],
-        ),
+        Runtime::Exec => {
+            let command = spec.handler.clone().unwrap_or_default();
+            // Under the guard, the program dies with the gateway (see `guard`).
+            match std::env::current_exe() {
+                Ok(exe) if runtimes.sandbox.can_run(&exe) => (
+                    exe.to_string_lossy().into_owned(),
+                    vec![super::guard::ARG.into(), "sh".into(), "-c".into(), command],
+                ),
+                _ => ("sh".to_string(), vec!["-c".to_string(), command]),
+            }
+        }
         rt => {
             env.push((
                 "CUBEFLASH_HANDLER".into(),
@@ -148,10 +212,24 @@ pub fn process_spec(
                 Runtime::Python => {
                     env.push(("PYTHONUNBUFFERED".into(), "1".into()));
                     env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-                    (python(), &runtimes.python.0, "PYTHON")
+                    (&runtimes.python_path, &runtimes.python.0, "PYTHON")
                 }
-                _ => (node(), &runtimes.node.0, "NODE_"),
+                _ => (&runtimes.node_path, &runtimes.node.0, "NODE_"),
             };
+            let program = program.clone().map_err(|found| LocalError::NoInterpreter {
+                program: if rt == Runtime::Python {
+                    "python3"
+                } else {
+                    "node"
+                },
+                found,
+                user: runtimes
+                    .sandbox
+                    .user
+                    .as_ref()
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default(),
+            })?;
             // Variables that shape the interpreter itself only work on a fresh start.
             if !spec.env.keys().any(|k| k.starts_with(prefix)) {
                 pool = runtimes.pool(rt).cloned();
@@ -166,10 +244,26 @@ pub fn process_spec(
         function: spec.name.clone(),
         program,
         args,
-        dir: root.join(&f.rel_dir),
+        dir,
         env,
         pool,
+        sandbox: runtimes.sandbox.clone(),
     })
+}
+
+/// `resolved` if the replica user can run it, else the first system-wide interpreter that
+/// user can run; Err names what was found.
+fn runnable(sandbox: &Sandbox, name: &str, resolved: &str) -> Result<String, String> {
+    let candidates = [
+        resolved.to_string(),
+        format!("/usr/local/bin/{name}"),
+        format!("/usr/bin/{name}"),
+    ];
+    candidates
+        .iter()
+        .find(|c| Path::new(c).is_file() && sandbox.can_run(Path::new(c)))
+        .cloned()
+        .ok_or_else(|| resolved.to_string())
 }
 
 /// The interpreter's own path: version managers (pyenv, nvm, asdf) put a script on PATH
@@ -210,14 +304,20 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     /// A buffer that also appends to `path`.
+    /// Folder 0700 and file 0600: a function's output is for its owner, not other replicas.
     pub fn with_file(path: &Path) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = path
             .parent()
-            .and_then(|d| std::fs::create_dir_all(d).ok())
+            .and_then(|d| {
+                std::fs::create_dir_all(d).ok()?;
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).ok()
+            })
             .and_then(|()| {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(path)
                     .ok()
             });
@@ -254,6 +354,11 @@ pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
     pub pgid: Pid,
+    /// The record of its process group (removed when it is stopped).
+    record: Option<PathBuf>,
+    /// The write end of the replica's stdin: it closes when the gateway dies, and the
+    /// replica (shim or guard) exits.
+    _lifeline: Option<tokio::process::ChildStdin>,
 }
 
 /// A free loopback port (the small race with another binder shows up as a failed start,
@@ -308,22 +413,25 @@ pub async fn spawn(
                     child: warm.child,
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     pgid,
+                    record: warm.record,
+                    _lifeline: Some(warm.stdin),
                 });
             }
             // The warm process died meanwhile: start afresh below.
         }
     }
-    let mut child = command(&spec.program, &spec.args)
-        .current_dir(&spec.dir)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("PORT", port.to_string())
-        .stdin(Stdio::null())
-        .spawn()?;
+    let mut cmd = command(&spec.program, &spec.args);
+    let mut env = spec.env.clone();
+    env.push(("PORT".into(), port.to_string()));
+    spec.sandbox.apply(&mut cmd, &env);
+    let mut child = cmd.current_dir(&spec.dir).stdin(Stdio::piped()).spawn()?;
     let target: LogTarget = Arc::new(Mutex::new(Some((prefix, logs.clone()))));
     forward(child.stdout.take(), target.clone());
     forward(child.stderr.take(), target);
     let pgid = pgid_of(&child);
     Ok(Process {
+        record: spec.sandbox.record(pgid),
+        _lifeline: child.stdin.take(),
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         pgid,
@@ -348,6 +456,7 @@ struct Warm {
     child: Child,
     stdin: tokio::process::ChildStdin,
     target: LogTarget,
+    record: Option<PathBuf>,
 }
 
 /// Pre-started interpreters of one runtime (Fission's warm pool): a cold start then costs
@@ -360,19 +469,30 @@ pub struct WarmPool {
     shim: PathBuf,
     idle: Mutex<Vec<Warm>>,
     stopped: std::sync::atomic::AtomicBool,
+    sandbox: Arc<Sandbox>,
+    /// Where the pool's processes start: the state folder (a replica takes its own later).
+    dir: PathBuf,
 }
 
 /// Warm processes kept per runtime.
 const WARM_SIZE: usize = 1;
 
 impl WarmPool {
-    fn new(program: &str, shim: &Path, handle: tokio::runtime::Handle) -> Arc<Self> {
+    fn new(
+        program: &str,
+        shim: &Path,
+        handle: tokio::runtime::Handle,
+        sandbox: Arc<Sandbox>,
+        dir: &Path,
+    ) -> Arc<Self> {
         Arc::new(Self {
             handle,
             program: program.to_string(),
             shim: shim.to_path_buf(),
             idle: Mutex::default(),
             stopped: Default::default(),
+            sandbox,
+            dir: dir.join("runtime"),
         })
     }
 
@@ -399,21 +519,21 @@ impl WarmPool {
                 self.shim.to_string_lossy().into_owned(),
                 "--pool".to_string(),
             ];
-            let Ok(mut child) = command(&self.program, &args)
-                .current_dir("/")
-                .stdin(Stdio::piped())
-                .spawn()
-            else {
+            let mut cmd = command(&self.program, &args);
+            self.sandbox.apply(&mut cmd, &[]);
+            let Ok(mut child) = cmd.current_dir(&self.dir).stdin(Stdio::piped()).spawn() else {
                 return;
             };
             let target: LogTarget = Arc::default();
             forward(child.stdout.take(), target.clone());
             forward(child.stderr.take(), target.clone());
             let stdin = child.stdin.take().expect("stdin is piped");
+            let record = self.sandbox.record(pgid_of(&child));
             idle.push(Warm {
                 child,
                 stdin,
                 target,
+                record,
             });
         }
     }
@@ -424,6 +544,9 @@ impl WarmPool {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         for w in self.idle.lock().expect("pool lock").drain(..) {
             let _ = killpg(pgid_of(&w.child), Signal::SIGKILL);
+            if let Some(r) = w.record {
+                let _ = std::fs::remove_file(r);
+            }
         }
     }
 }
@@ -440,6 +563,9 @@ pub async fn stop(process: &mut Process, grace: Duration) {
     }
     // Children the replica left behind in its group go too.
     let _ = killpg(process.pgid, Signal::SIGKILL);
+    if let Some(r) = process.record.take() {
+        let _ = std::fs::remove_file(r);
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! publishes the ready ones for dispatch, restarts crashed ones with exponential backoff,
 //! gives up on a crash loop, and drains a replica before stopping its process group.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,56 +13,50 @@ use hyper_util::client::legacy::Client;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::local::{self, LogBuffer, ProcessSpec};
+use futures::future::BoxFuture;
 
-/// Crashes within `CRASH_WINDOW` that make a crash loop.
-pub const CRASH_LIMIT: usize = 5;
-pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+use super::local::{self, LogBuffer, ProcessSpec};
+pub use super::pool::{Endpoint, StartTimes};
+use super::pool::{ReplicaPool, Slot, Waiters};
+
+/// Early failures in a row (exited before ready, or within `EARLY_EXIT` of it) that make a
+/// crash loop. A replica that served for longer and then died is simply replaced.
+pub const CRASH_LIMIT: u32 = 5;
+/// An exit this soon after readiness counts as a failure to start.
+pub const EARLY_EXIT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A failed function retries on its own, first after this, doubling up to `FAILED_RETRY_MAX`.
+const FAILED_RETRY_START: Duration = Duration::from_secs(10);
+const FAILED_RETRY_MAX: Duration = Duration::from_secs(300);
 /// How long a new replica may take to answer GET /_/ready.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub type ProbeClient = Client<HttpConnector, Empty<bytes::Bytes>>;
 
-/// A ready replica that requests can be sent to.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub id: u64,
-    pub addr: SocketAddr,
-    pub inflight: AtomicU32,
-    pub ready_at: Instant,
-    /// Where this replica's start-up time went.
-    pub start: StartTimes,
-}
-
-/// Where a new replica's start-up time went.
-#[derive(Debug, Clone, Copy)]
-pub struct StartTimes {
-    /// From asking for the process to having it running.
-    pub spawn: Duration,
-    /// From running to answering GET /_/ready with 200.
-    pub readiness: Duration,
-}
-
 struct ReplicaCtl {
-    id: u64,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 /// The replicas of one function (or of its baseline).
 pub struct ReplicaSet {
+    me: std::sync::Weak<ReplicaSet>,
     pub spec: ProcessSpec,
     pub logs: Arc<LogBuffer>,
     ready: RwLock<Vec<Arc<Endpoint>>>,
-    /// Wakes requests waiting for a replica (one became ready, freed up, or the set failed).
-    pub changed: Notify,
+    /// Requests waiting for a replica, woken when one becomes ready or frees up, or the set fails.
+    waiters: Arc<Waiters>,
+    /// Wakes supervisors: a replica was marked suspect, or a failed set should retry now.
+    nudge: Notify,
     running: Mutex<Vec<ReplicaCtl>>,
     stopping: Mutex<Vec<JoinHandle<()>>>,
     failure: Mutex<Option<String>>,
-    crashes: Mutex<VecDeque<Instant>>,
+    /// Early failures in a row (see `CRASH_LIMIT`).
+    early_failures: AtomicU32,
+    /// Failed rounds in a row: how long a failed set waits before it tries again.
+    failed_rounds: AtomicU32,
     next_id: AtomicU64,
     drain_grace: Duration,
     probe: ProbeClient,
@@ -79,15 +72,18 @@ impl ReplicaSet {
         probe: ProbeClient,
         handle: tokio::runtime::Handle,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             spec,
             logs,
             ready: RwLock::default(),
-            changed: Notify::new(),
+            waiters: Arc::default(),
+            nudge: Notify::new(),
             running: Mutex::default(),
             stopping: Mutex::default(),
             failure: Mutex::default(),
-            crashes: Mutex::default(),
+            early_failures: AtomicU32::new(0),
+            failed_rounds: AtomicU32::new(0),
             next_id: AtomicU64::new(1),
             drain_grace,
             probe,
@@ -108,42 +104,18 @@ impl ReplicaSet {
         self.ready.read().expect("ready lock").len() as u32
     }
 
-    /// The ready replica with the fewest requests in flight, below `limit` (0 = no cap),
-    /// with its in-flight count already taken.
-    pub fn acquire(&self, limit: u32) -> Option<Arc<Endpoint>> {
-        let ready = self.ready.read().expect("ready lock");
-        let best = ready
-            .iter()
-            .filter(|e| limit == 0 || e.inflight.load(Ordering::Relaxed) < limit)
-            .min_by_key(|e| e.inflight.load(Ordering::Relaxed))?;
-        best.inflight.fetch_add(1, Ordering::SeqCst);
-        Some(best.clone())
-    }
-
-    /// Gives back what `acquire` took, and wakes waiters that a cap may have held back.
-    /// `waiting` says whether any request is queued: waking takes a lock, which the common
-    /// case (nobody waits) skips. A waiter counts itself before it looks for a replica, so
-    /// either it sees this release's slot or this release sees it (both SeqCst).
-    pub fn release(&self, endpoint: &Endpoint, waiting: bool) {
-        endpoint.inflight.fetch_sub(1, Ordering::SeqCst);
-        if waiting {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Why the set gave up (a crash loop), with the last log lines.
+    /// Why the set gave up for now (a crash loop), with the last log lines.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().expect("failure lock").clone()
     }
 
-    /// Starts or stops replicas until `n` are wanted. Clears a previous crash loop when
-    /// asked for more than zero again after one.
-    pub fn scale_to(self: &Arc<Self>, n: u32) {
-        let mut running = self.running.lock().expect("running lock");
-        if n > 0 && running.is_empty() {
-            *self.failure.lock().expect("failure lock") = None;
-            self.crashes.lock().expect("crash lock").clear();
+    /// Starts or stops replicas until `n` are wanted; `clear_failure` forgets a crash loop
+    /// and makes waiting supervisors try again at once (deploy, reload, admin scale).
+    pub fn scale_to(self: &Arc<Self>, n: u32, clear_failure: bool) {
+        if clear_failure {
+            self.clear_failure();
         }
+        let mut running = self.running.lock().expect("running lock");
         while (running.len() as u32) < n {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (stop, stop_rx) = watch::channel(false);
@@ -151,7 +123,7 @@ impl ReplicaSet {
             let task = self
                 .handle
                 .spawn(async move { set.supervise(id, stop_rx).await });
-            running.push(ReplicaCtl { id, stop, task });
+            running.push(ReplicaCtl { stop, task });
         }
         while (running.len() as u32) > n {
             // Stop the youngest first: older replicas are warm.
@@ -161,21 +133,24 @@ impl ReplicaSet {
         }
     }
 
+    fn clear_failure(&self) {
+        let was = self.failure.lock().expect("failure lock").take();
+        self.early_failures.store(0, Ordering::Relaxed);
+        self.failed_rounds.store(0, Ordering::Relaxed);
+        if was.is_some() {
+            tracing::info!(function = %self.spec.function, "crash loop cleared; starting again");
+            self.nudge.notify_waiters();
+        }
+    }
+
     /// Stops every replica and waits until their processes are gone.
     pub async fn shutdown(self: &Arc<Self>) {
-        self.scale_to(0);
+        self.scale_to(0, false);
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.stopping.lock().expect("stopping lock"));
         for t in tasks {
             let _ = t.await;
         }
-    }
-
-    fn forget(&self, id: u64) {
-        self.running
-            .lock()
-            .expect("running lock")
-            .retain(|c| c.id != id);
     }
 
     fn remove_ready(&self, id: u64) {
@@ -185,35 +160,54 @@ impl ReplicaSet {
             .retain(|e| e.id != id);
     }
 
-    /// Records a crash; true when it makes a crash loop (the set then stops trying).
-    fn crashed(&self, id: u64, why: &str) -> bool {
+    /// Records a replica that failed to start (or exited early) and returns how long to
+    /// wait before the next try: the short backoff, or, once this makes a crash loop, the
+    /// failed set's growing retry interval.
+    fn failed_start(&self, id: u64, why: &str, backoff: &mut Duration) -> Duration {
         self.logs.push(format!(
             "[{}#{id}] cubeflash: replica {why}",
             self.spec.function
         ));
-        let now = Instant::now();
-        let mut crashes = self.crashes.lock().expect("crash lock");
-        crashes.push_back(now);
-        while crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            crashes.pop_front();
+        let n = self.early_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < CRASH_LIMIT {
+            let wait = *backoff;
+            *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            return wait;
         }
-        if crashes.len() < CRASH_LIMIT {
-            return false;
+        let rounds = self.failed_rounds.fetch_add(1, Ordering::Relaxed);
+        let wait = FAILED_RETRY_START
+            .saturating_mul(1u32 << rounds.min(8))
+            .min(FAILED_RETRY_MAX);
+        let mut failure = self.failure.lock().expect("failure lock");
+        if failure.is_none() {
+            tracing::warn!(function = %self.spec.function, failures = n, retry_in = ?wait, "crash loop: the function is marked failed");
         }
-        let last = self.logs.tail(20).join("\n");
-        *self.failure.lock().expect("failure lock") = Some(format!(
-            "{} crashed {} times in {}s and is not restarted; last output:\n{last}",
+        *failure = Some(format!(
+            "{} failed to start {n} times in a row; it tries again on its own in {}s (or at once on `cubeflash deploy` or `cubeflash scale`); its last output is in `log`",
             self.spec.function,
-            crashes.len(),
-            CRASH_WINDOW.as_secs()
+            wait.as_secs()
         ));
-        drop(crashes);
-        self.forget(id);
-        self.changed.notify_waiters();
-        true
+        drop(failure);
+        self.waiters.wake();
+        wait
+    }
+
+    /// A replica served and then exited: replace it, without counting it toward a crash
+    /// loop.
+    fn died(&self, id: u64, why: &str) {
+        self.logs.push(format!(
+            "[{}#{id}] cubeflash: replica {why}; replacing it",
+            self.spec.function
+        ));
+        self.early_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A replica became ready: whatever failed before is over.
+    fn became_ready(&self) {
+        self.failed_rounds.store(0, Ordering::Relaxed);
+        if self.failure.lock().expect("failure lock").take().is_some() {
+            tracing::info!(function = %self.spec.function, "recovered from a crash loop");
+        }
     }
 
     async fn supervise(self: Arc<Self>, id: u64, mut stop: watch::Receiver<bool>) {
@@ -226,10 +220,9 @@ impl ReplicaSet {
             let mut proc = match local::spawn(&self.spec, id, &self.logs).await {
                 Ok(p) => p,
                 Err(e) => {
-                    if self.crashed(id, &format!("could not start {}: {e}", self.spec.program)) {
-                        return;
-                    }
-                    if sleep_or_stop(&mut stop, &mut backoff).await {
+                    let why = format!("could not start {}: {e}", self.spec.program);
+                    let wait = self.failed_start(id, &why, &mut backoff);
+                    if self.pause(&mut stop, wait).await {
                         return;
                     }
                     continue;
@@ -246,7 +239,8 @@ impl ReplicaSet {
             };
             if let Err(why) = ready {
                 local::stop(&mut proc, Duration::ZERO).await;
-                if self.crashed(id, &why) || sleep_or_stop(&mut stop, &mut backoff).await {
+                let wait = self.failed_start(id, &why, &mut backoff);
+                if self.pause(&mut stop, wait).await {
                     return;
                 }
                 continue;
@@ -256,45 +250,134 @@ impl ReplicaSet {
                 spawn: spawned - asked,
                 readiness: now - spawned,
             };
-            let endpoint = Arc::new(Endpoint {
-                id,
-                addr: proc.addr,
-                inflight: AtomicU32::new(0),
-                ready_at: now,
-                start,
-            });
+            let endpoint = Arc::new(Endpoint::new(id, proc.addr, start));
             self.ready
                 .write()
                 .expect("ready lock")
                 .push(endpoint.clone());
-            self.changed.notify_waiters();
-            backoff = BACKOFF_START;
-            tokio::select! {
-                status = proc.child.wait() => {
-                    self.remove_ready(id);
-                    local::stop(&mut proc, Duration::ZERO).await;
-                    if self.crashed(id, &format!("exited ({})", describe(status))) || sleep_or_stop(&mut stop, &mut backoff).await {
-                        return;
-                    }
+            self.became_ready();
+            self.waiters.wake();
+            let outcome = loop {
+                let nudged = self.nudge.notified();
+                tokio::pin!(nudged);
+                nudged.as_mut().enable();
+                if endpoint.suspect.load(Ordering::SeqCst) {
+                    break Served::Suspect;
                 }
-                _ = stop.changed() => {
-                    self.remove_ready(id);
+                tokio::select! {
+                    status = proc.child.wait() => break Served::Exited(describe(status)),
+                    _ = stop.changed() => break Served::Stopped,
+                    _ = nudged => continue,
+                }
+            };
+            self.remove_ready(id);
+            match outcome {
+                Served::Stopped => {
                     drain(&endpoint, self.drain_grace).await;
                     local::stop(&mut proc, STOP_GRACE).await;
                     return;
                 }
+                Served::Suspect => {
+                    // Not answering (stopped, wedged): replace it at once.
+                    local::stop(&mut proc, Duration::ZERO).await;
+                    self.died(id, "stopped answering and was taken out of rotation");
+                    backoff = BACKOFF_START;
+                }
+                Served::Exited(status) => {
+                    local::stop(&mut proc, Duration::ZERO).await;
+                    let why = format!("exited ({status})");
+                    if endpoint.ready_at.elapsed() < EARLY_EXIT {
+                        let wait = self.failed_start(id, &why, &mut backoff);
+                        if self.pause(&mut stop, wait).await {
+                            return;
+                        }
+                    } else {
+                        self.died(id, &why);
+                        backoff = BACKOFF_START;
+                    }
+                }
             }
+        }
+    }
+
+    /// Waits `wait`, or less when nudged to retry; true when told to stop meanwhile.
+    async fn pause(&self, stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => *stop.borrow(),
+            _ = self.nudge.notified() => *stop.borrow(),
+            _ = stop.changed() => true,
         }
     }
 }
 
-/// Sleeps the backoff (doubling it), or returns true at once if told to stop.
-async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, backoff: &mut Duration) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => *stop.borrow(),
-        _ = stop.changed() => true,
+/// How a serving replica's time in rotation ended.
+enum Served {
+    Stopped,
+    Suspect,
+    Exited(String),
+}
+
+impl ReplicaPool for ReplicaSet {
+    fn acquire(&self, limit: u32) -> Option<Slot> {
+        let ready = self.ready.read().expect("ready lock");
+        let best = ready
+            .iter()
+            .filter(|e| !e.suspect.load(Ordering::Relaxed))
+            .filter(|e| limit == 0 || e.inflight.load(Ordering::Relaxed) < limit)
+            .min_by_key(|e| e.inflight.load(Ordering::Relaxed))?;
+        Some(Slot::take(best.clone(), self.waiters.clone()))
+    }
+
+    fn ready_count(&self) -> u32 {
+        ReplicaSet::ready_count(self)
+    }
+
+    fn wanted(&self) -> u32 {
+        self.running()
+    }
+
+    fn scale_to(&self, n: u32, clear_failure: bool) {
+        // The supervisors need an owning handle; the gateway holds every set in an Arc.
+        if let Some(me) = self.me.upgrade() {
+            ReplicaSet::scale_to(&me, n, clear_failure);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        ReplicaSet::failure(self)
+    }
+
+    fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
+    }
+
+    fn unreachable(&self, endpoint: &Endpoint) -> bool {
+        if !endpoint.suspect.swap(true, Ordering::SeqCst) {
+            tracing::warn!(function = %self.spec.function, replica = endpoint.id, addr = %endpoint.addr, "replica taken out of rotation");
+            self.remove_ready(endpoint.id);
+            self.nudge.notify_waiters();
+        }
+        true
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.ready().iter().map(|e| e.addr).collect()
+    }
+
+    fn log_tail(&self, n: usize) -> Option<Vec<String>> {
+        Some(self.logs.tail(n))
+    }
+
+    fn note(&self, line: String) {
+        self.logs.push(line);
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(me) = self.me.upgrade() {
+                ReplicaSet::shutdown(&me).await;
+            }
+        })
     }
 }
 

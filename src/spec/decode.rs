@@ -392,7 +392,7 @@ fn last_key(path: &str) -> &str {
 }
 
 /// The allowed key a mistyped one most likely meant, ignoring case, `_` and `-`.
-fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+pub fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
     let norm = |s: &str| s.to_lowercase().replace(['_', '-'], "");
     let k = norm(key);
     allowed

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::decode::{Fields, Reader};
 use super::diagnostic::{Diagnostics, SourceFile};
-use super::values;
+use super::values::{self, Dur};
 
 pub const FILE_NAME: &str = "cubeflash.yaml";
 
@@ -18,6 +18,10 @@ pub mod defaults {
     pub const GATEWAY_PORT: u32 = 8080;
     pub const MAX_BODY_SIZE: &str = "6Mi";
     pub const QUEUE_SIZE: u32 = 100;
+    pub const MAX_CONNECTIONS: u32 = 4096;
+    pub const HEADER_TIMEOUT: &str = "30s";
+    pub const BODY_TIMEOUT: &str = "30s";
+    pub const IDLE_TIMEOUT: &str = "75s";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +46,14 @@ pub struct GatewaySettings {
     pub max_body_size: u64,
     /// Requests that may wait for a replica, per function.
     pub queue_size: u32,
+    /// Client connections served at once.
+    pub max_connections: u32,
+    /// A request head must arrive within this.
+    pub header_timeout: Dur,
+    /// A request body that sends nothing for this long gets 408.
+    pub body_timeout: Dur,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,6 +80,10 @@ impl Default for ProjectSpec {
                 max_body_size: values::quantity_bytes(defaults::MAX_BODY_SIZE)
                     .expect("default parses"),
                 queue_size: defaults::QUEUE_SIZE,
+                max_connections: defaults::MAX_CONNECTIONS,
+                header_timeout: Dur::parse(defaults::HEADER_TIMEOUT).expect("default parses"),
+                body_timeout: Dur::parse(defaults::BODY_TIMEOUT).expect("default parses"),
+                idle_timeout: Dur::parse(defaults::IDLE_TIMEOUT).expect("default parses"),
             },
         }
     }
@@ -115,7 +131,37 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
             }
         }
         if let Some(n) = f.get("gateway") {
-            if let Some(g) = r.mapping(n, "gateway", &["port", "maxBodySize", "queueSize"]) {
+            if let Some(g) = r.mapping(
+                n,
+                "gateway",
+                &[
+                    "port",
+                    "maxBodySize",
+                    "queueSize",
+                    "maxConnections",
+                    "headerTimeout",
+                    "bodyTimeout",
+                    "idleTimeout",
+                ],
+            ) {
+                if let Some(c) = g
+                    .get("maxConnections")
+                    .and_then(|n| r.uint(n, "gateway.maxConnections", 1, 1_000_000))
+                {
+                    p.gateway.max_connections = c;
+                }
+                for (key, out) in [
+                    ("headerTimeout", &mut p.gateway.header_timeout),
+                    ("bodyTimeout", &mut p.gateway.body_timeout),
+                    ("idleTimeout", &mut p.gateway.idle_timeout),
+                ] {
+                    let Some(n) = g.get(key) else { continue };
+                    let path = format!("gateway.{key}");
+                    if let Some(value) = r.duration(n, &path, false, "30s") {
+                        let text = r.scalar_text(n, &path, "").unwrap_or_default();
+                        *out = Dur { text, value };
+                    }
+                }
                 if let Some(port) = g
                     .get("port")
                     .and_then(|n| r.uint(n, "gateway.port", 1, 65535))

@@ -146,9 +146,21 @@ pub fn start_shim(runtime: &str, dir: &Path, handler: &str) -> Result<Replica, S
     )
 }
 
-/// Writes `files` (path, content) under a new temporary folder.
+/// Fails the test when `program` is missing: `make test` installs what tests need
+/// (scripts/test-deps.sh), and a test never passes by skipping.
+pub fn need(program: &str) {
+    assert!(
+        have(program),
+        "{program} is not installed: run scripts/test-deps.sh (make test does)"
+    );
+}
+
+/// Writes `files` (path, content) under a new temporary folder, readable by others (a
+/// gateway running as root runs replicas as nobody, who must read the code).
 pub fn temp_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for (path, content) in files {
         let p = dir.path().join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -115,11 +115,9 @@ function waitForFunction() {
       buffered += chunk;
       const newline = buffered.indexOf("\n");
       if (newline < 0) return;
-      // The gateway closes stdin once the job is written: stop listening to it at all.
+      // From here on stdin is only the lifeline (see watchLifeline).
       process.stdin.off("data", onData);
       process.stdin.off("end", onEnd);
-      process.stdin.pause();
-      process.stdin.destroy();
       const job = JSON.parse(buffered.slice(0, newline));
       process.chdir(job.dir);
       Object.assign(process.env, job.env);
@@ -133,11 +131,31 @@ function waitForFunction() {
   });
 }
 
+// The gateway holds the other end of our stdin (CUBEFLASH_LIFELINE=stdin): when it closes,
+// the gateway is gone, however it died, and this replica and all it started go too.
+function watchLifeline() {
+  if (process.env.CUBEFLASH_LIFELINE !== "stdin") return;
+  const gone = () => {
+    try {
+      process.kill(-process.pid, "SIGKILL");
+    } finally {
+      process.exit(1);
+    }
+  };
+  process.stdin.on("data", () => {});
+  process.stdin.on("end", gone);
+  process.stdin.on("error", gone);
+  process.stdin.resume();
+  // The lifeline alone does not keep the replica alive after a graceful stop.
+  if (typeof process.stdin.unref === "function") process.stdin.unref();
+}
+
 async function main() {
   if (process.argv[2] === "--pool") {
     await waitForFunction();
     process.argv.splice(2, 1);
   }
+  watchLifeline();
   const spec = process.env.CUBEFLASH_HANDLER || process.argv[2];
   if (!spec) {
     console.error("cubeflash: set CUBEFLASH_HANDLER to the handler file, e.g. handler.js");

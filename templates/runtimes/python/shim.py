@@ -194,11 +194,34 @@ def wait_for_function():
     FUNCTION = os.environ.get("CUBEFLASH_FUNCTION", FUNCTION)
 
 
+def watch_lifeline():
+    """The gateway holds the other end of our stdin (CUBEFLASH_LIFELINE=stdin): when it closes,
+    the gateway is gone, however it died, and this replica and all it started go too."""
+    if os.environ.get("CUBEFLASH_LIFELINE") != "stdin":
+        return
+
+    def watch():
+        # The raw descriptor: a thread blocked in sys.stdin's buffer holds its lock, which
+        # makes interpreter shutdown abort.
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
 def main():
     sys.stdout.reconfigure(line_buffering=True)
     if sys.argv[1:2] == ["--pool"]:
         wait_for_function()
         del sys.argv[1]
+    watch_lifeline()
     spec = os.environ.get("CUBEFLASH_HANDLER") or (sys.argv[1] if len(sys.argv) > 1 else "")
     if not spec:
         raise SystemExit("cubeflash: set CUBEFLASH_HANDLER to the handler file, e.g. handler.py")

@@ -1,0 +1,162 @@
+//! The one client of the admin API (`api.rs` types): the CLI verbs, `bench` and local
+//! `deploy` use it, against the local gateway or the Kubernetes one alike.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::api::{Deleted, ErrorBody, FunctionInfo, Health, Logs, Reloaded, ScaleRequest};
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the URL.
+    #[error("cannot reach the gateway at {url}: is it running? (`make deploy` or `cubeflash up`)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The gateway said no.
+    #[error("the gateway at {url} answered {status}: {message}")]
+    Refused {
+        url: String,
+        status: StatusCode,
+        message: String,
+    },
+    /// The answer is not what this version of cubeflash expects.
+    #[error("the gateway at {url} answered {path} with something this cubeflash cannot read: is it another version?")]
+    Decode {
+        url: String,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status the gateway refused with, if it did.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client builds");
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        if !status.is_success() && status != StatusCode::SERVICE_UNAVAILABLE {
+            let message = match resp.json::<ErrorBody>().await {
+                Ok(e) => e.error,
+                Err(_) => "no detail".into(),
+            };
+            return Err(ClientError::Refused {
+                url: self.base.clone(),
+                status,
+                message,
+            });
+        }
+        resp.json::<T>()
+            .await
+            .map_err(|source| ClientError::Decode {
+                url: self.base.clone(),
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// GET /healthz (a 503 with its reason is an answer too).
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/healthz", None::<&()>).await
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionInfo>, ClientError> {
+        self.call(Method::GET, "/system/functions", None::<&()>)
+            .await
+    }
+
+    pub async fn function(&self, name: &str) -> Result<FunctionInfo, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/system/functions/{name}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<FunctionInfo, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/system/functions/{name}/scale"),
+            Some(&ScaleRequest { replicas }),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<Deleted, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/system/functions/{name}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn logs(&self, name: &str, lines: usize) -> Result<Logs, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/system/functions/{name}/logs?lines={lines}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn reload(&self) -> Result<Reloaded, ClientError> {
+        self.call(Method::POST, "/system/reload", None::<&()>).await
+    }
+}
