@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gateway::{admin_client, replica_seconds};
+use gateway::replica_seconds;
 use hist::Latency;
 use http::PreparedRequest;
 use load::{ErrorCounts, Observer, StepOutcome};
@@ -44,8 +44,10 @@ pub enum BenchError {
     UnknownFunction(String),
     #[error("function targets need a gateway: run `cubeflash bench` in the repo (it starts the local platform), or pass --gateway")]
     NoGateway,
-    #[error("the gateway's admin API at {url} failed: {detail}")]
-    Admin { url: String, detail: String },
+    #[error("the gateway's admin API failed")]
+    Admin(#[source] crate::gateway::client::ClientError),
+    #[error("{0} still has replicas 30s after scaling it to zero")]
+    StillRunning(String),
     #[error(transparent)]
     Output(#[from] output::OutputError),
     #[error("interrupted")]
@@ -254,9 +256,9 @@ pub fn run(
         cancel,
     } = *session;
     let mut dir = output::RunDir::create(results)?;
-    let client = admin_client();
-    let before = match gateway {
-        Some(gw) => rt.block_on(replica_seconds(&client, gw)),
+    let client = gateway.map(|g| g.client());
+    let before = match &client {
+        Some(c) => rt.block_on(replica_seconds(c)),
         None => BTreeMap::new(),
     };
     let mut records = Vec::new();
@@ -315,7 +317,7 @@ pub fn run(
                 .collect(),
             StepGroup::Cold { samples } => {
                 let recs = rt.block_on(cold::cold_starts(
-                    &client,
+                    client.as_ref(),
                     session,
                     targets,
                     *samples,
@@ -378,7 +380,7 @@ pub fn run(
     }
     let replica_seconds = match gateway {
         Some(gw) => {
-            let after = rt.block_on(replica_seconds(&client, gw));
+            let after = rt.block_on(replica_seconds(&gw.client()));
             targets
                 .iter()
                 .filter_map(|t| {

@@ -16,14 +16,14 @@ use super::{
 /// (connect included). Baseline and URL targets are not scaled: their samples are a first
 /// request on a new connection, the always-on side of the comparison.
 pub(super) async fn cold_starts(
-    client: &reqwest::Client,
+    client: Option<&crate::gateway::client::AdminClient>,
     session: &Session<'_>,
     targets: &[ResolvedTarget],
     samples: u32,
     timeout: Duration,
     ui: &mut dyn Ui,
 ) -> Result<Vec<StepRecord>, BenchError> {
-    let (gateway, cancel) = (session.gateway, session.cancel);
+    let cancel = session.cancel;
     let mut records: Vec<StepRecord> = targets
         .iter()
         .map(|t| StepRecord {
@@ -44,8 +44,8 @@ pub(super) async fn cold_starts(
             if cancel.load(Ordering::Relaxed) {
                 return Err(BenchError::Interrupted);
             }
-            if let (Role::Serverless, Some(gw), Some(f)) = (t.role, gateway, &t.function) {
-                scale_to_zero(client, gw, f).await?;
+            if let (Role::Serverless, Some(c), Some(f)) = (t.role, client, &t.function) {
+                scale_to_zero(c, f).await?;
             } else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

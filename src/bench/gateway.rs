@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use crate::gateway::client::{AdminClient, ClientError};
 
 use super::http::{self, PreparedRequest};
 use super::plan::{self, Endpoint, Plan};
@@ -17,7 +17,6 @@ pub async fn resolve_targets(
     plan: &Plan,
     gateway: Option<&GatewayHandle>,
 ) -> Result<Vec<ResolvedTarget>, BenchError> {
-    let client = admin_client();
     let mut out = Vec::new();
     for t in &plan.targets {
         let build = |name: &str, url: &str| {
@@ -41,19 +40,12 @@ pub async fn resolve_targets(
                 baseline,
             } => {
                 let gw = gateway.ok_or(BenchError::NoGateway)?;
-                let info = admin_call(
-                    &client,
-                    gw,
-                    reqwest::Method::GET,
-                    &format!("/system/functions/{name}"),
-                    None,
-                )
-                .await
-                .map_err(|e| match e {
-                    BenchError::Admin { detail, .. } if detail.contains("404") => {
+                let info = gw.client().function(name).await.map_err(|e| {
+                    if e.status() == Some(reqwest::StatusCode::NOT_FOUND) {
                         BenchError::UnknownFunction(name.clone())
+                    } else {
+                        BenchError::Admin(e)
                     }
-                    e => e,
                 })?;
                 let url = format!("{}/function/{name}{path}", gw.url);
                 out.push(ResolvedTarget {
@@ -63,7 +55,7 @@ pub async fn resolve_targets(
                     request: build(&t.name, &url)?,
                 });
                 if *baseline {
-                    if let Some(base) = info["baselineUrl"].as_str() {
+                    if let Some(base) = info.baseline_url.as_deref() {
                         let bname = plan::baseline_name(&t.name);
                         let url = format!("{}{path}", base.trim_end_matches('/'));
                         out.push(ResolvedTarget {
@@ -89,83 +81,40 @@ pub async fn resolve_targets(
     Ok(out)
 }
 
-pub(super) async fn scale_to_zero(
-    client: &reqwest::Client,
-    gw: &GatewayHandle,
-    function: &str,
-) -> Result<(), BenchError> {
-    let path = format!("/system/functions/{function}");
-    admin_call(
-        client,
-        gw,
-        reqwest::Method::POST,
-        &format!("{path}/scale"),
-        Some(serde_json::json!({"replicas": 0})),
-    )
-    .await?;
+pub(super) async fn scale_to_zero(client: &AdminClient, function: &str) -> Result<(), BenchError> {
+    client.scale(function, 0).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let f = admin_call(client, gw, reqwest::Method::GET, &path, None).await?;
-        let replicas = &f["replicas"];
-        if replicas["desired"].as_u64() == Some(0) && replicas["ready"].as_u64() == Some(0) {
+        let f = client.function(function).await?;
+        if f.replicas.desired == 0 && f.replicas.ready == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(BenchError::Admin {
-                url: gw.url.clone(),
-                detail: format!("{function} still has replicas 30s after scaling it to zero"),
-            });
+            return Err(BenchError::StillRunning(function.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-pub(super) fn admin_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
-
-async fn admin_call(
-    client: &reqwest::Client,
-    gw: &GatewayHandle,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, BenchError> {
-    let mut req = client
-        .request(method, format!("{}{path}", gw.url))
-        .bearer_auth(&gw.token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let fail = |detail: String| BenchError::Admin {
-        url: gw.url.clone(),
-        detail,
-    };
-    let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
-    let status = resp.status();
-    let value: Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(fail(format!(
-            "{status}: {}",
-            value["error"].as_str().unwrap_or("no detail")
-        )));
-    }
-    Ok(value)
-}
-
 /// `cubeflash_replica_seconds_total` by "function/kind", from the gateway's /metrics.
-pub(super) async fn replica_seconds(
-    client: &reqwest::Client,
-    gw: &GatewayHandle,
-) -> BTreeMap<String, f64> {
-    let Ok(resp) = client.get(format!("{}/metrics", gw.url)).send().await else {
-        return BTreeMap::new();
-    };
-    let text = resp.text().await.unwrap_or_default();
-    parse_replica_seconds(&text)
+pub(super) async fn replica_seconds(client: &AdminClient) -> BTreeMap<String, f64> {
+    match client.metrics().await {
+        Ok(text) => parse_replica_seconds(&text),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+impl GatewayHandle {
+    /// The admin API of this gateway.
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(&self.url, Some(self.token.clone()))
+    }
+}
+
+impl From<ClientError> for BenchError {
+    fn from(e: ClientError) -> Self {
+        BenchError::Admin(e)
+    }
 }
 
 fn parse_replica_seconds(text: &str) -> BTreeMap<String, f64> {

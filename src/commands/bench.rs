@@ -52,8 +52,7 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
                     out.flush()?;
                     let exe =
                         std::env::current_exe().context("failed to find the cubeflash binary")?;
-                    let url =
-                        rt.block_on(target::start_background(root, &exe, &platform::client()))?;
+                    let url = rt.block_on(target::start_background(root, &exe))?;
                     started_platform = true;
                     url
                 }
@@ -140,11 +139,7 @@ fn run(
     args: &BenchArgs,
 ) -> Result<Outcome> {
     if let Some(gw) = gateway {
-        rt.block_on(platform::wait_ready(
-            &platform::client(),
-            &gw.url,
-            &gw.token,
-        ))?;
+        rt.block_on(platform::wait_ready(&gw.client()))?;
     }
     let targets = rt.block_on(engine::resolve_targets(plan, gateway))?;
     let cancel = Arc::new(AtomicBool::new(false));

@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
 
 use super::{load, repo_root, Outcome};
 use crate::cli::{GatewayArgs, LogFormat};
 use crate::deploy::local as target;
+use crate::gateway::api::{FunctionInfo, Reloaded};
+use crate::gateway::client::AdminClient;
 use crate::gateway::{self, Gateway, GatewayConfig};
+use crate::runtime::pool::PoolState;
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -139,21 +141,21 @@ pub fn deploy(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
     let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let client = client();
         let running = target::running_pid(&root).and(target::recorded_url(&root));
         let url = match running {
             Some(url) => {
-                let summary = target::reload(&url, &token(&root)?, &client).await?;
+                let summary = target::reload(&own_gateway(&root, &url, Some(token(&root)?)).await?).await?;
                 writeln!(out, "reloaded the local platform at {url}: {}", brief(&summary))?;
                 url
             }
             None => {
-                let url = target::start_background(&root, &exe, &client).await?;
+                let url = target::start_background(&root, &exe).await?;
                 writeln!(out, "started the local platform at {url} (log: .cubeflash/gateway.log, stop: cubeflash down)")?;
                 url
             }
         };
-        let functions = wait_ready(&client, &url, &token(&root)?).await?;
+        let client = AdminClient::new(&url, Some(token(&root)?));
+        let functions = wait_ready(&client).await?;
         print_urls(out, &url, &functions)?;
         Ok(Outcome::Success)
     })
@@ -161,27 +163,23 @@ pub fn deploy(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
 
 /// Waits (30 s at most) until every always-on replica (baseline and `scale.min`) is ready,
 /// and returns the functions as the admin API lists them.
-pub(super) async fn wait_ready(client: &reqwest::Client, url: &str, token: &str) -> Result<Value> {
+pub(super) async fn wait_ready(client: &AdminClient) -> Result<Vec<FunctionInfo>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let functions = admin_get(client, url, token, "/system/functions").await?;
-        let pending: Vec<String> = functions
-            .as_array()
-            .into_iter()
-            .flatten()
+        let functions = client.functions().await?;
+        let pending: Vec<&str> = functions
+            .iter()
             .filter(|f| {
-                let min = f["scale"]["min"].as_u64().unwrap_or(0);
-                let base = &f["baselineReplicas"];
-                f["failed"].is_null()
-                    && (f["replicas"]["ready"].as_u64().unwrap_or(0) < min
-                        || base["ready"].as_u64() < base["desired"].as_u64())
+                let base = f.baseline_replicas;
+                f.failed.is_none()
+                    && (f.replicas.ready < f.scale.min || base.is_some_and(|b| b.ready < b.desired))
             })
-            .filter_map(|f| f["name"].as_str().map(str::to_string))
+            .map(|f| f.name.as_str())
             .collect();
         if pending.is_empty() || std::time::Instant::now() > deadline {
             if !pending.is_empty() {
-                eprintln!(
-                    "cubeflash: still starting after 30s: {} (see `cubeflash logs <name>`)",
+                tracing::warn!(
+                    "still starting after 30s: {} (see `cubeflash logs <name>`)",
                     pending.join(", ")
                 );
             }
@@ -191,31 +189,31 @@ pub(super) async fn wait_ready(client: &reqwest::Client, url: &str, token: &str)
     }
 }
 
-fn brief(summary: &Value) -> String {
-    ["added", "changed", "removed"]
-        .iter()
-        .map(|k| {
-            let names: Vec<&str> = summary[k]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            format!("{k} [{}]", names.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+fn brief(summary: &Reloaded) -> String {
+    [
+        ("added", &summary.added),
+        ("changed", &summary.changed),
+        ("removed", &summary.removed),
+    ]
+    .iter()
+    .map(|(k, names)| format!("{k} [{}]", names.join(", ")))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
-fn print_urls(out: &mut impl Write, url: &str, functions: &Value) -> Result<()> {
-    for f in functions.as_array().into_iter().flatten() {
-        let name = f["name"].as_str().unwrap_or("?");
-        writeln!(out, "  {name:<20} {}", f["url"].as_str().unwrap_or(""))?;
-        for t in f["triggers"].as_array().into_iter().flatten() {
-            if let Some(path) = t["http"]["path"].as_str() {
-                writeln!(out, "  {:<20} {url}{path}", "")?;
+fn print_urls(out: &mut impl Write, url: &str, functions: &[FunctionInfo]) -> Result<()> {
+    for f in functions {
+        writeln!(out, "  {:<20} {}", f.name, f.url)?;
+        for t in &f.triggers {
+            if let crate::spec::Trigger::Http(h) = t {
+                writeln!(out, "  {:<20} {url}{}", "", h.path)?;
             }
         }
-        if let Some(b) = f["baselineUrl"].as_str() {
+        if let Some(b) = &f.baseline_url {
             writeln!(out, "  {:<20} {b} (always-on baseline)", "")?;
+        }
+        if let Some(why) = &f.failed {
+            writeln!(out, "  {:<20} FAILED: {why}", "")?;
         }
     }
     Ok(())
@@ -248,62 +246,103 @@ pub(super) fn gateway_url(root: &Path, args: &GatewayArgs) -> Result<String> {
     Ok(format!("http://127.0.0.1:{}", repo.project.gateway.port))
 }
 
-async fn admin_get(client: &reqwest::Client, url: &str, token: &str, path: &str) -> Result<Value> {
-    admin(client.get(format!("{url}{path}")).bearer_auth(token), url).await
-}
-
-async fn admin(req: reqwest::RequestBuilder, url: &str) -> Result<Value> {
-    let resp = req.send().await.with_context(|| {
-        format!(
-            "cannot reach the gateway at {url}: is it running? (`make deploy` or `cubeflash up`)"
-        )
-    })?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
+/// The admin client of the gateway at `url`, after checking that it serves the repo at
+/// `root` (a local gateway of another repo on the same port is refused, not used).
+async fn own_gateway(root: &Path, url: &str, token: Option<String>) -> Result<AdminClient> {
+    let client = AdminClient::new(url, token);
+    let health = client.health().await?;
+    if health.backend == "local" && !target::serves(&health, root) {
         bail!(
-            "the gateway answered {status}: {}",
-            body["error"].as_str().unwrap_or("no detail")
+            "the gateway at {url} serves another repo ({}), not {}: stop it (`cubeflash -C {} down`) or give this repo another gateway.port in cubeflash.yaml",
+            health.repo.as_deref().unwrap_or("unknown"),
+            root.display(),
+            health.repo.as_deref().unwrap_or("THAT_REPO")
         );
     }
-    Ok(body)
+    Ok(client)
 }
 
 fn with_admin<T>(
     dir: Option<PathBuf>,
     args: &GatewayArgs,
-    f: impl AsyncFnOnce(reqwest::Client, String, String) -> Result<T>,
+    f: impl AsyncFnOnce(AdminClient) -> Result<T>,
 ) -> Result<T> {
     let root = repo_root(dir)?;
     let url = gateway_url(&root, args)?;
     let token = token(&root)?;
-    runtime()?.block_on(f(client(), url, token))
+    runtime()?.block_on(async {
+        let client = if args.gateway.is_some() {
+            AdminClient::new(&url, Some(token))
+        } else {
+            own_gateway(&root, &url, Some(token)).await?
+        };
+        f(client).await
+    })
 }
 
 pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Result<Outcome> {
-    let functions = with_admin(dir, &args, async |c, url, token| {
-        admin_get(&c, &url, &token, "/system/functions").await
-    })?;
-    writeln!(
-        out,
-        "{:<20} {:<8} {:>8} {:>8} {:>6} {:>6}  {:<40} BASELINE",
-        "NAME", "RUNTIME", "READY", "INFLIGHT", "QUEUED", "COLD", "URL"
-    )?;
-    for f in functions.as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "{:<20} {:<8} {:>8} {:>8} {:>6} {:>6}  {:<40} {}",
-            f["name"].as_str().unwrap_or("?"),
-            f["runtime"].as_str().unwrap_or("?"),
-            format!("{}/{}", f["replicas"]["ready"], f["replicas"]["desired"]),
-            f["inflight"].to_string(),
-            f["queued"].to_string(),
-            f["coldStarts"].to_string(),
-            f["url"].as_str().unwrap_or(""),
-            f["baselineUrl"].as_str().unwrap_or("-"),
-        )?;
-    }
+    let functions = with_admin(dir, &args, async |c| Ok(c.functions().await?))?;
+    let rows: Vec<[String; 9]> = functions
+        .iter()
+        .map(|f| {
+            [
+                f.name.clone(),
+                f.runtime.as_str().to_string(),
+                state_word(f).to_string(),
+                format!("{}/{}", f.replicas.ready, f.replicas.desired),
+                f.inflight.to_string(),
+                f.queued.to_string(),
+                f.cold_starts.to_string(),
+                f.url.clone(),
+                f.baseline_url.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME", "RUNTIME", "STATE", "READY", "INFLIGHT", "QUEUED", "COLD", "URL", "BASELINE",
+    ];
+    write_table(out, &header, &rows)?;
     Ok(Outcome::Success)
+}
+
+/// A function's state in a word for `ls`.
+fn state_word(f: &FunctionInfo) -> &'static str {
+    match f.state {
+        PoolState::Ready => "ready",
+        PoolState::Idle => "idle",
+        PoolState::Scaling => "scaling",
+        PoolState::Failed => "failed",
+    }
+}
+
+/// Columns as wide as their widest cell, two spaces apart; the last one unpadded.
+pub(super) fn write_table<const N: usize>(
+    out: &mut impl Write,
+    header: &[&str; N],
+    rows: &[[String; N]],
+) -> Result<()> {
+    let mut width = header.map(str::len);
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  ", w = width[i]));
+            }
+        }
+        text.trim_end().to_string()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
 }
 
 pub fn describe(
@@ -312,9 +351,7 @@ pub fn describe(
     name: &str,
     args: GatewayArgs,
 ) -> Result<Outcome> {
-    let f = with_admin(dir, &args, async |c, url, token| {
-        admin_get(&c, &url, &token, &format!("/system/functions/{name}")).await
-    })?;
+    let f = with_admin(dir, &args, async |c| Ok(c.function(name).await?))?;
     writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?;
     Ok(Outcome::Success)
 }
@@ -326,17 +363,14 @@ pub fn scale(
     replicas: u32,
     args: GatewayArgs,
 ) -> Result<Outcome> {
-    let f = with_admin(dir, &args, async |c, url, token| {
-        let req = c
-            .post(format!("{url}/system/functions/{name}/scale"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({ "replicas": replicas }));
-        admin(req, &url).await
-    })?;
+    let f = with_admin(dir, &args, async |c| Ok(c.scale(name, replicas).await?))?;
+    let plural = |n: u32| if n == 1 { "replica" } else { "replicas" };
     writeln!(
         out,
-        "{name}: {} replicas wanted, {} ready",
-        f["replicas"]["desired"], f["replicas"]["ready"]
+        "{name}: scaled to {} {} ({} ready)",
+        f.replicas.desired,
+        plural(f.replicas.desired),
+        f.replicas.ready
     )?;
     Ok(Outcome::Success)
 }
@@ -347,14 +381,7 @@ pub fn delete(
     name: &str,
     args: GatewayArgs,
 ) -> Result<Outcome> {
-    with_admin(dir, &args, async |c, url, token| {
-        admin(
-            c.delete(format!("{url}/system/functions/{name}"))
-                .bearer_auth(&token),
-            &url,
-        )
-        .await
-    })?;
+    with_admin(dir, &args, async |c| Ok(c.delete(name).await?))?;
     writeln!(out, "deleted {name} from the running platform (it comes back on the next deploy while functions/{name}/ exists)")?;
     Ok(Outcome::Success)
 }
@@ -371,7 +398,12 @@ pub fn invoke(
 ) -> Result<Outcome> {
     let url = match &args.gateway {
         Some(u) => u.trim_end_matches('/').to_string(),
-        None => gateway_url(&repo_root(dir)?, &args)?,
+        None => {
+            let root = repo_root(dir)?;
+            let url = gateway_url(&root, &args)?;
+            runtime()?.block_on(own_gateway(&root, &url, None))?;
+            url
+        }
     };
     let body = read_body(data.as_deref())?;
     let method = method.unwrap_or_else(|| {

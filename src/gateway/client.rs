@@ -156,6 +156,23 @@ impl AdminClient {
         .await
     }
 
+    /// GET /metrics, as text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = format!("{}/metrics", self.base);
+        let unreachable = |source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        };
+        self.http
+            .get(url)
+            .send()
+            .await
+            .map_err(unreachable)?
+            .text()
+            .await
+            .map_err(unreachable)
+    }
+
     pub async fn reload(&self) -> Result<Reloaded, ClientError> {
         self.call(Method::POST, "/system/reload", None::<&()>).await
     }
