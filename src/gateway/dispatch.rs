@@ -235,6 +235,7 @@ impl Gateway {
             // Kept only where a second try is allowed: an idempotent request whose body is
             // all in memory.
             let again = (idempotent && !retried).then(|| replay(&request)).flatten();
+            let fault = request.body().fault.clone();
             let sent = Instant::now();
             let result = tokio::time::timeout(timeout, checkout.send(request)).await;
             let (mut head, incoming, conn) = match result {
@@ -244,11 +245,8 @@ impl Gateway {
                     (head, body, conn)
                 }
                 Ok(Err(failed)) => {
-                    if let Some(reject) = failed
-                        .unsent
-                        .as_ref()
-                        .and_then(|r| self.body_fault(r.body().fault.get()))
-                    {
+                    // The body's own fault (too large, stalled) shows here as a failed send.
+                    if let Some(reject) = self.body_fault(fault.get()) {
                         return Err(reject);
                     }
                     if let Some(unsent) = failed.unsent {
@@ -258,23 +256,13 @@ impl Gateway {
                         request = *unsent;
                         continue;
                     }
-                    // The body's own fault (too large, stalled) shows here as a broken send.
-                    if let Some(reject) = again
-                        .as_ref()
-                        .and_then(|r| self.body_fault(r.body().fault.get()))
-                    {
-                        return Err(reject);
-                    }
-                    match again {
-                        Some(copy) if failed.before_response => {
-                            tracing::info!(function = %f.name(), replica = endpoint.id, "replica broke off before answering; retrying an idempotent request on another");
-                            f.serverless.unreachable(&endpoint);
-                            drop((lease, inflight));
-                            retried = true;
-                            request = copy;
-                            continue;
-                        }
-                        _ => {}
+                    if let Some(copy) = again {
+                        tracing::info!(function = %f.name(), replica = endpoint.id, "replica broke off before answering; retrying an idempotent request on another");
+                        f.serverless.unreachable(&endpoint);
+                        drop((lease, inflight));
+                        retried = true;
+                        request = copy;
+                        continue;
                     }
                     let log = f.serverless.log_tail(5);
                     return Err(Reject {

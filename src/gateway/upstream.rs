@@ -180,13 +180,12 @@ pub struct Checkout {
     pool: Arc<UpstreamPool>,
 }
 
-/// Why an exchange failed, and the request when it was never sent (so it may go elsewhere).
+/// Why an exchange failed before the response head, and the request when it was never sent
+/// (so it may go elsewhere). Without it, the request may or may not have reached the
+/// handler.
 pub struct SendError {
     pub error: UpstreamError,
     pub unsent: Option<Box<Request<RequestBody>>>,
-    /// Whether the replica broke off before any byte of an answer (the request may or may
-    /// not have reached the handler).
-    pub before_response: bool,
 }
 
 impl Checkout {
@@ -205,14 +204,11 @@ impl Checkout {
                 return Err(SendError {
                     error: UpstreamError::Http { addr, source },
                     unsent: Some(req),
-                    before_response: true,
                 })
             }
+            // `exchange` ends at the response head: whatever broke, broke before it.
             Err(Exchange::Failed(source)) => {
                 return Err(SendError {
-                    before_response: source.is_incomplete_message()
-                        || source.is_closed()
-                        || source.is_canceled(),
                     error: UpstreamError::Http { addr, source },
                     unsent: None,
                 })
@@ -227,7 +223,6 @@ impl Checkout {
                 return Err(SendError {
                     error,
                     unsent: Some(Box::new(req)),
-                    before_response: true,
                 })
             }
         }

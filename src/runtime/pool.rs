@@ -5,7 +5,7 @@
 //! limits, forwarding, metrics) is the engine's and written once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ pub struct Endpoint {
     pub timeouts: AtomicU32,
     /// Taken out of rotation (did not accept a connection, or timed out repeatedly).
     pub suspect: AtomicBool,
+    /// Requests it was given: a replica that served and then died is replaced, not counted
+    /// toward a crash loop.
+    pub served: AtomicU64,
 }
 
 impl Endpoint {
@@ -37,6 +40,7 @@ impl Endpoint {
             start,
             timeouts: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
+            served: AtomicU64::new(0),
         }
     }
 }
@@ -81,6 +85,7 @@ impl Slot {
     /// Takes one unit of `endpoint`'s capacity.
     pub fn take(endpoint: Arc<Endpoint>, waiters: Arc<Waiters>) -> Self {
         endpoint.inflight.fetch_add(1, Ordering::SeqCst);
+        endpoint.served.fetch_add(1, Ordering::Relaxed);
         Self { endpoint, waiters }
     }
 }

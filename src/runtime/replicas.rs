@@ -19,8 +19,9 @@ use super::local::{self, LogBuffer, ProcessSpec};
 pub use super::pool::{Endpoint, StartTimes};
 use super::pool::{ReplicaPool, Slot, Waiters};
 
-/// Early failures in a row (exited before ready, or within `EARLY_EXIT` of it) that make a
-/// crash loop. A replica that served for longer and then died is simply replaced.
+/// Early failures in a row (exited before ready, or within `EARLY_EXIT` of it without
+/// serving a request) that make a crash loop. A replica that served and then died is simply
+/// replaced.
 pub const CRASH_LIMIT: u32 = 5;
 /// An exit this soon after readiness counts as a failure to start.
 pub const EARLY_EXIT: Duration = Duration::from_secs(10);
@@ -286,7 +287,8 @@ impl ReplicaSet {
                 Served::Exited(status) => {
                     local::stop(&mut proc, Duration::ZERO).await;
                     let why = format!("exited ({status})");
-                    if endpoint.ready_at.elapsed() < EARLY_EXIT {
+                    let served = endpoint.served.load(Ordering::Relaxed) > 0;
+                    if endpoint.ready_at.elapsed() < EARLY_EXIT && !served {
                         let wait = self.failed_start(id, &why, &mut backoff);
                         if self.pause(&mut stop, wait).await {
                             return;

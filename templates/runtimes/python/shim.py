@@ -180,6 +180,13 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request, client_address):
+        # The gateway closed the connection (a timeout, a client that went away): nothing
+        # went wrong in the function, so no traceback in its log.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
+
 
 def wait_for_function():
     """Warm-pool mode (--pool): the interpreter and the shim are loaded; wait for the gateway
