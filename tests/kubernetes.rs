@@ -2,18 +2,17 @@
 //! tests/fake_kube (it records every request and keeps the objects it is sent): a first
 //! deploy, a re-deploy that prunes and changes, a dry run, RBAC refusals, conflicts, an
 //! unreachable server, no cluster, a stale generated/, a rollout that never finishes,
-//! delete/list/describe, and the in-cluster gateway's scale-from-zero sequence.
+//! delete/list/describe (the in-cluster gateway is in tests/kubernetes_gateway.rs).
 
 mod common;
 
 mod fake_kube;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cubeflash, text};
-use fake_kube::{kubeconfig_for, FakeApi, Seen};
+use fake_kube::{deploy, kubeconfig_for, FakeApi, Seen};
 use serde_json::{json, Value};
 
 const HANDLER: &str = "def handle(req):\n    return 'hi'\n";
@@ -30,21 +29,6 @@ fn repo() -> tempfile::TempDir {
     let o = cubeflash(dir.path(), &["render"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     dir
-}
-
-fn deploy(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["deploy", "--target", "kubernetes"];
-    if !extra.contains(&"--timeout") {
-        args.extend_from_slice(&["--timeout", "10s"]);
-    }
-    args.extend_from_slice(extra);
-    std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
-        .args(&args)
-        .current_dir(dir)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
-        .unwrap()
 }
 
 /// Deploys `dir` against `kubeconfig` expecting the error exit code; returns the message.
@@ -399,252 +383,6 @@ fn delete_removes_one_functions_objects_and_list_shows_replicas() {
     let again = run(&["rm", "a", "--target", "kubernetes"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("no function named \"a\" in namespace demo"));
-}
-
-/// `cubeflash gateway` started as a process against the fake API; killed when dropped.
-struct KubeGatewayProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for KubeGatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_gateway(dir: &Path, kubeconfig: &Path) -> KubeGatewayProcess {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
-        .args([
-            "gateway",
-            "--namespace",
-            "demo",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--max-body-size",
-            "1000",
-        ])
-        .current_dir(dir)
-        .env("KUBECONFIG", kubeconfig)
-        .env("CUBEFLASH_ADMIN_TOKEN", "secret-token")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_string();
-    KubeGatewayProcess { child, url }
-}
-
-#[test]
-fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_back_to_zero() {
-    let api = FakeApi::start();
-    let dir = common::temp_tree(&[
-        ("cubeflash.yaml", "namespace: demo\n"),
-        ("functions/a/function.yaml", "name: a\nruntime: python\nhandler: handler.py\nscale: {min: 0, max: 2, idle: 2s}\ntriggers:\n  - http: {path: /hello}\n"),
-        ("functions/a/handler.py", HANDLER),
-    ]);
-    assert!(cubeflash(dir.path(), &["render"]).status.success());
-    let kc = api.kubeconfig(dir.path());
-    assert!(deploy(dir.path(), &kc, &["--no-wait"]).status.success());
-    // The function's Service, here a real server on loopback: the route table says where.
-    let replica = common::TestServer::start(Arc::new(|_| (200, Duration::from_millis(5))));
-    {
-        let mut st = api.state.lock().unwrap();
-        let cm = st
-            .objects
-            .get_mut(&format!("{NS}/configmaps"))
-            .unwrap()
-            .get_mut("cubeflash-routes")
-            .unwrap();
-        let routes = cm["data"]["routes.json"]
-            .as_str()
-            .unwrap()
-            .replace("http://a.demo.svc:8080", &replica.url(""));
-        cm["data"]["routes.json"] = json!(routes);
-    }
-    api.clear_seen();
-    let gw = start_gateway(dir.path(), &kc);
-
-    let started = Instant::now();
-    let resp = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:#?}",
-            api.state
-                .lock()
-                .unwrap()
-                .seen
-                .iter()
-                .map(|s| format!("{} {} {:?}", s.method, s.path, s.query))
-                .collect::<Vec<_>>()
-        )
-    });
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers().contains_key("x-cubeflash-cold-start"),
-        "the answer says it waited for a cold start"
-    );
-    assert_eq!(resp.text().unwrap(), "ok\n");
-    let seen = api.seen();
-    let scale: Vec<&Seen> = seen
-        .iter()
-        .filter(|s| s.method == "PATCH" && s.path.ends_with("/scale"))
-        .collect();
-    assert_eq!(scale.len(), 1, "one scale-up: {scale:?}");
-    assert_eq!(scale[0].path, format!("{APPS}/deployments/a/scale"));
-    assert_eq!(scale[0].body, json!({"spec": {"replicas": 1}}));
-    assert_eq!(
-        scale[0].query.get("fieldManager").map(String::as_str),
-        Some("cubeflash-gateway")
-    );
-    // The admin API and /metrics, as on the local platform.
-    let admin = |method: reqwest::Method, path: &str, token: &str| {
-        reqwest::blocking::Client::new()
-            .request(method, format!("{}{path}", gw.url))
-            .bearer_auth(token)
-            .json(&json!({"replicas": 2}))
-            .send()
-            .unwrap()
-    };
-    assert_eq!(
-        admin(reqwest::Method::GET, "/system/functions", "wrong").status(),
-        401
-    );
-    let a: Value = admin(reqwest::Method::GET, "/system/functions/a", "secret-token")
-        .json()
-        .unwrap();
-    assert_eq!(a["replicas"], json!({"desired": 1, "ready": 1}), "{a}");
-    assert_eq!(a["coldStarts"], 1, "{a}");
-    let metrics = reqwest::blocking::get(format!("{}/metrics", gw.url))
-        .unwrap()
-        .text()
-        .unwrap();
-    for line in [
-        "cubeflash_requests_total{function=\"a\",code=\"200\"} 1",
-        "cubeflash_cold_starts_total{function=\"a\"} 1",
-        "cubeflash_replicas{function=\"a\",state=\"ready\"} 1",
-    ] {
-        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
-    }
-    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
-        .args(["ls", "--gateway", &gw.url])
-        .current_dir(dir.path())
-        .env("CUBEFLASH_ADMIN_TOKEN", "secret-token")
-        .output()
-        .unwrap();
-    assert!(ls.status.success(), "{}", text(&ls.stderr));
-    assert!(
-        text(&ls.stdout).contains("/function/a"),
-        "{}",
-        text(&ls.stdout)
-    );
-    let too_many = reqwest::blocking::Client::new()
-        .post(format!("{}/system/functions/a/scale", gw.url))
-        .bearer_auth("secret-token")
-        .json(&json!({"replicas": 99}))
-        .send()
-        .unwrap();
-    assert_eq!(too_many.status(), 400);
-    assert!(too_many.text().unwrap().contains("from 0 to scale.max (2)"));
-    let scaled = admin(
-        reqwest::Method::POST,
-        "/system/functions/a/scale",
-        "secret-token",
-    );
-    assert_eq!(scaled.status(), 200);
-    // The pool's patcher sends it: within moments, not before the answer.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !api.seen().iter().any(|s| {
-        s.path.ends_with("/deployments/a/scale") && s.body == json!({"spec": {"replicas": 2}})
-    }) {
-        assert!(Instant::now() < deadline, "no scale to 2: {:?}", api.seen());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // A trigger path routes to the same function, now warm: no second scale-up.
-    let resp = reqwest::blocking::get(format!("{}/hello", gw.url)).unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(!resp.headers().contains_key("x-cubeflash-cold-start"));
-    // Bodies over gateway.maxBodySize are refused, as on the local platform.
-    let big = reqwest::blocking::Client::new()
-        .post(format!("{}/function/a", gw.url))
-        .body(vec![b'x'; 2000])
-        .send()
-        .unwrap();
-    assert_eq!(big.status(), 413);
-    // Unknown paths are 404 JSON, as on the local platform.
-    let resp = reqwest::blocking::get(format!("{}/nothing", gw.url)).unwrap();
-    assert_eq!(resp.status(), 404);
-    // A changed route table (a redeploy patches the ConfigMap) is picked up by the watch.
-    {
-        let mut st = api.state.lock().unwrap();
-        let collection = format!("{NS}/configmaps");
-        let mut cm = st.objects[&collection]["cubeflash-routes"].clone();
-        st.version += 1;
-        cm["metadata"]["resourceVersion"] = json!(st.version.to_string());
-        let routes = cm["data"]["routes.json"]
-            .as_str()
-            .unwrap()
-            .replace("\"/hello\"", "\"/bonjour\"");
-        cm["data"]["routes.json"] = json!(routes);
-        st.objects
-            .get_mut(&collection)
-            .unwrap()
-            .insert("cubeflash-routes".into(), cm.clone());
-        st.notify(&collection, &cm);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while reqwest::blocking::get(format!("{}/bonjour", gw.url))
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the new route table was not loaded"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/hello", gw.url))
-            .unwrap()
-            .status(),
-        404
-    );
-
-    // Idle for longer than scale.idle (2s): back to zero through the scale subresource.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let down = api.seen().iter().any(|s| {
-            s.method == "PATCH"
-                && s.path.ends_with("/deployments/a/scale")
-                && s.body == json!({"spec": {"replicas": 0}})
-        });
-        if down {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a was not scaled to zero: {:?}",
-            api.seen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "not before the idle time"
-    );
 }
 
 #[test]

@@ -203,7 +203,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, behaviour)
+    }
+
+    /// On a given port (0: any free one).
+    pub fn start_on(port: u16, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

@@ -36,28 +36,53 @@ pub struct State {
     /// Answer PATCH of this object name with 409.
     pub conflict: Option<String>,
     pub version: u64,
-    /// Open watches: collection path and where to send its events.
-    pub watches: Vec<(String, tokio::sync::mpsc::UnboundedSender<Bytes>)>,
-    /// Every change: version, collection, object; a watch from version V replays what came
-    /// after V, as the real API server does (so no change falls between a list and a watch).
-    pub events: Vec<(u64, String, Value)>,
+    /// Open watches, each with its selectors.
+    pub watches: Vec<Watch>,
+    /// Every change: version, collection, event type, object; a watch from version V replays
+    /// what came after V, as the real API server does (so no change falls between a list and
+    /// a watch).
+    pub events: Vec<(u64, String, &'static str, Value)>,
+}
+
+/// One open watch: what it selects and where its events go.
+pub struct Watch {
+    pub collection: String,
+    pub labels: String,
+    pub fields: String,
+    pub tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+/// Whether `o` matches a label selector (`k=v,...`) and a field selector (dotted paths).
+fn selects(o: &Value, labels: &str, fields: &str) -> bool {
+    labels.split(',').filter(|s| !s.is_empty()).all(|kv| {
+        let (k, v) = kv.split_once('=').unwrap();
+        o["metadata"]["labels"][k] == v
+    }) && fields.split(',').filter(|s| !s.is_empty()).all(|kv| {
+        let (path, v) = kv.split_once('=').unwrap();
+        path.split('.').fold(o, |at, key| &at[key]) == v
+    })
 }
 
 impl State {
-    /// Sends a MODIFIED event to every watch of `collection`.
+    /// Sends a MODIFIED event to every watch of `collection` that selects `object`.
     pub fn notify(&mut self, collection: &str, object: &Value) {
+        self.event("MODIFIED", collection, object);
+    }
+
+    /// Sends an event of `kind` (ADDED, MODIFIED, DELETED) to the watches that select it.
+    pub fn event(&mut self, kind: &'static str, collection: &str, object: &Value) {
         let version = object["metadata"]["resourceVersion"]
             .as_str()
             .and_then(|v| v.parse().ok())
             .unwrap_or(self.version);
         self.events
-            .push((version, collection.to_string(), object.clone()));
-        let line = Bytes::from(format!(
-            "{}\n",
-            json!({"type": "MODIFIED", "object": object})
-        ));
-        self.watches
-            .retain(|(c, tx)| c != collection || tx.send(line.clone()).is_ok());
+            .push((version, collection.to_string(), kind, object.clone()));
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+        self.watches.retain(|w| {
+            w.collection != collection
+                || !selects(object, &w.labels, &w.fields)
+                || w.tx.send(line.clone()).is_ok()
+        });
     }
 }
 
@@ -267,6 +292,13 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
     let segs: Vec<&str> = rest.split('/').collect();
     // The scale subresource: sets the Deployment's replicas, which become ready at once.
     if let ["namespaces", ns, "deployments", name, "scale"] = segs.as_slice() {
+        if st
+            .forbid
+            .as_ref()
+            .is_some_and(|(m, p)| *m == method.as_str() && p == "deployments/scale")
+        {
+            return status(403, "Forbidden", &format!("deployments.apps \"{name}\" is forbidden: User \"system:serviceaccount:{ns}:cubeflash-gateway\" cannot {} resource \"deployments/scale\" in API group \"apps\" in the namespace \"{ns}\"", method.as_str().to_lowercase()));
+        }
         let collection = format!("{prefix}/namespaces/{ns}/deployments");
         let replicas = body["spec"]["replicas"].as_i64().unwrap_or(0);
         let Some(mut d) = st
@@ -359,15 +391,22 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            for (v, c, o) in &st.events {
-                if *v > from && *c == collection {
+            let labels = query.get("labelSelector").cloned().unwrap_or_default();
+            let fields = query.get("fieldSelector").cloned().unwrap_or_default();
+            for (v, c, kind, o) in &st.events {
+                if *v > from && *c == collection && selects(o, &labels, &fields) {
                     let _ = tx.send(Bytes::from(format!(
                         "{}\n",
-                        json!({"type": "MODIFIED", "object": o})
+                        json!({"type": kind, "object": o})
                     )));
                 }
             }
-            st.watches.push((collection, tx));
+            st.watches.push(Watch {
+                collection,
+                labels,
+                fields,
+                tx,
+            });
             let stream = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
@@ -388,16 +427,7 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
                 .map(|m| m.values().cloned().collect::<Vec<_>>())
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|o| {
-                    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap();
-                        o["metadata"]["labels"][k] == v
-                    }) && field.split(',').filter(|s| !s.is_empty()).all(|kv| {
-                        // Field selectors: a dotted path into the object = value.
-                        let (path, v) = kv.split_once('=').unwrap();
-                        path.split('.').fold(o, |at, key| &at[key]) == v
-                    })
-                })
+                .filter(|o| selects(o, &selector, &field))
                 .collect();
             respond(
                 StatusCode::OK,
@@ -413,7 +443,15 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
                 return status(404, "NotFound", &format!("{plural} \"{name}\" not found"));
             }
             if !dry {
-                st.objects.get_mut(&collection).unwrap().remove(&name);
+                let mut gone = st
+                    .objects
+                    .get_mut(&collection)
+                    .unwrap()
+                    .remove(&name)
+                    .unwrap();
+                st.version += 1;
+                gone["metadata"]["resourceVersion"] = json!(st.version.to_string());
+                st.event("DELETED", &collection, &gone);
             }
             respond(
                 StatusCode::OK,
@@ -438,4 +476,20 @@ fn urldecode(s: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap()
+}
+
+/// `cubeflash deploy --target kubernetes` of `dir` against `kubeconfig`.
+pub fn deploy(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["deploy", "--target", "kubernetes"];
+    if !extra.contains(&"--timeout") {
+        args.extend_from_slice(&["--timeout", "10s"]);
+    }
+    args.extend_from_slice(extra);
+    std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(&args)
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap()
 }

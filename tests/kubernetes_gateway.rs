@@ -1,0 +1,546 @@
+//! `cubeflash gateway`, the engine with the Kubernetes backend, as a process against the
+//! in-process fake API server, with local test servers standing in for the functions'
+//! Services: scale from zero and back, routing and methods, scale.limit, what the gateway
+//! says when the API server refuses or goes away, deleted Deployments, Services that lag
+//! behind readiness, and drain on SIGTERM.
+
+mod common;
+
+mod fake_kube;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{cubeflash, text, TestServer};
+use fake_kube::{deploy, FakeApi, Seen};
+use serde_json::{json, Value};
+
+const HANDLER: &str = "def handle(req):\n    return 'hi'\n";
+const APPS: &str = "/apis/apps/v1/namespaces/demo";
+const NS: &str = "/api/v1/namespaces/demo";
+
+/// `cubeflash gateway` started as a process against the fake API; killed when dropped.
+struct KubeGatewayProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for KubeGatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(dir: &Path, kubeconfig: &Path) -> KubeGatewayProcess {
+    start_gateway_with(dir, kubeconfig, &[])
+}
+
+fn start_gateway_with(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> KubeGatewayProcess {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args([
+            "gateway",
+            "--namespace",
+            "demo",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-body-size",
+            "1000",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env("CUBEFLASH_ADMIN_TOKEN", "secret-token")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(stdout);
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    KubeGatewayProcess { child, url }
+}
+
+#[test]
+fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_back_to_zero() {
+    let api = FakeApi::start();
+    let dir = common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: demo\n"),
+        ("functions/a/function.yaml", "name: a\nruntime: python\nhandler: handler.py\nscale: {min: 0, max: 2, idle: 2s}\ntriggers:\n  - http: {path: /hello}\n"),
+        ("functions/a/handler.py", HANDLER),
+    ]);
+    assert!(cubeflash(dir.path(), &["render"]).status.success());
+    let kc = api.kubeconfig(dir.path());
+    assert!(deploy(dir.path(), &kc, &["--no-wait"]).status.success());
+    // The function's Service, here a real server on loopback: the route table says where.
+    let replica = common::TestServer::start(Arc::new(|_| (200, Duration::from_millis(5))));
+    {
+        let mut st = api.state.lock().unwrap();
+        let cm = st
+            .objects
+            .get_mut(&format!("{NS}/configmaps"))
+            .unwrap()
+            .get_mut("cubeflash-routes")
+            .unwrap();
+        let routes = cm["data"]["routes.json"]
+            .as_str()
+            .unwrap()
+            .replace("http://a.demo.svc:8080", &replica.url(""));
+        cm["data"]["routes.json"] = json!(routes);
+    }
+    api.clear_seen();
+    let gw = start_gateway(dir.path(), &kc);
+
+    let started = Instant::now();
+    let resp = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:#?}",
+            api.state
+                .lock()
+                .unwrap()
+                .seen
+                .iter()
+                .map(|s| format!("{} {} {:?}", s.method, s.path, s.query))
+                .collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().contains_key("x-cubeflash-cold-start"),
+        "the answer says it waited for a cold start"
+    );
+    assert_eq!(resp.text().unwrap(), "ok\n");
+    let seen = api.seen();
+    let scale: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.path.ends_with("/scale"))
+        .collect();
+    assert_eq!(scale.len(), 1, "one scale-up: {scale:?}");
+    assert_eq!(scale[0].path, format!("{APPS}/deployments/a/scale"));
+    assert_eq!(scale[0].body, json!({"spec": {"replicas": 1}}));
+    assert_eq!(
+        scale[0].query.get("fieldManager").map(String::as_str),
+        Some("cubeflash-gateway")
+    );
+    // The admin API and /metrics, as on the local platform.
+    let admin = |method: reqwest::Method, path: &str, token: &str| {
+        reqwest::blocking::Client::new()
+            .request(method, format!("{}{path}", gw.url))
+            .bearer_auth(token)
+            .json(&json!({"replicas": 2}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        admin(reqwest::Method::GET, "/system/functions", "wrong").status(),
+        401
+    );
+    let a: Value = admin(reqwest::Method::GET, "/system/functions/a", "secret-token")
+        .json()
+        .unwrap();
+    assert_eq!(a["replicas"], json!({"desired": 1, "ready": 1}), "{a}");
+    assert_eq!(a["coldStarts"], 1, "{a}");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", gw.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "cubeflash_requests_total{function=\"a\",code=\"200\"} 1",
+        "cubeflash_cold_starts_total{function=\"a\"} 1",
+        "cubeflash_replicas{function=\"a\",state=\"ready\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["ls", "--gateway", &gw.url])
+        .current_dir(dir.path())
+        .env("CUBEFLASH_ADMIN_TOKEN", "secret-token")
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    assert!(
+        text(&ls.stdout).contains("/function/a"),
+        "{}",
+        text(&ls.stdout)
+    );
+    let too_many = reqwest::blocking::Client::new()
+        .post(format!("{}/system/functions/a/scale", gw.url))
+        .bearer_auth("secret-token")
+        .json(&json!({"replicas": 99}))
+        .send()
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+    assert!(too_many.text().unwrap().contains("from 0 to scale.max (2)"));
+    let scaled = admin(
+        reqwest::Method::POST,
+        "/system/functions/a/scale",
+        "secret-token",
+    );
+    assert_eq!(scaled.status(), 200);
+    // The pool's patcher sends it: within moments, not before the answer.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !api.seen().iter().any(|s| {
+        s.path.ends_with("/deployments/a/scale") && s.body == json!({"spec": {"replicas": 2}})
+    }) {
+        assert!(Instant::now() < deadline, "no scale to 2: {:?}", api.seen());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A trigger path routes to the same function, now warm: no second scale-up.
+    let resp = reqwest::blocking::get(format!("{}/hello", gw.url)).unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("x-cubeflash-cold-start"));
+    // Bodies over gateway.maxBodySize are refused, as on the local platform.
+    let big = reqwest::blocking::Client::new()
+        .post(format!("{}/function/a", gw.url))
+        .body(vec![b'x'; 2000])
+        .send()
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    // Unknown paths are 404 JSON, as on the local platform.
+    let resp = reqwest::blocking::get(format!("{}/nothing", gw.url)).unwrap();
+    assert_eq!(resp.status(), 404);
+    // A changed route table (a redeploy patches the ConfigMap) is picked up by the watch.
+    {
+        let mut st = api.state.lock().unwrap();
+        let collection = format!("{NS}/configmaps");
+        let mut cm = st.objects[&collection]["cubeflash-routes"].clone();
+        st.version += 1;
+        cm["metadata"]["resourceVersion"] = json!(st.version.to_string());
+        let routes = cm["data"]["routes.json"]
+            .as_str()
+            .unwrap()
+            .replace("\"/hello\"", "\"/bonjour\"");
+        cm["data"]["routes.json"] = json!(routes);
+        st.objects
+            .get_mut(&collection)
+            .unwrap()
+            .insert("cubeflash-routes".into(), cm.clone());
+        st.notify(&collection, &cm);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reqwest::blocking::get(format!("{}/bonjour", gw.url))
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new route table was not loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        reqwest::blocking::get(format!("{}/hello", gw.url))
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Idle for longer than scale.idle (2s): back to zero through the scale subresource.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let down = api.seen().iter().any(|s| {
+            s.method == "PATCH"
+                && s.path.ends_with("/deployments/a/scale")
+                && s.body == json!({"spec": {"replicas": 0}})
+        });
+        if down {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a was not scaled to zero: {:?}",
+            api.seen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the idle time"
+    );
+}
+
+/// A deployed repo in namespace `demo` whose functions' Services are the given local test
+/// servers (the route table in the fake's ConfigMap is pointed at them).
+fn deployed(api: &FakeApi, functions: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    let mut files = vec![(
+        "cubeflash.yaml".to_string(),
+        "namespace: demo\n".to_string(),
+    )];
+    for (name, extra, _) in functions {
+        files.push((
+            format!("functions/{name}/function.yaml"),
+            format!("name: {name}\nruntime: python\nhandler: handler.py\n{extra}"),
+        ));
+        files.push((format!("functions/{name}/handler.py"), HANDLER.to_string()));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let dir = common::temp_tree(&refs);
+    assert!(cubeflash(dir.path(), &["render"]).status.success());
+    let kc = api.kubeconfig(dir.path());
+    let o = deploy(dir.path(), &kc, &["--no-wait"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut st = api.state.lock().unwrap();
+    let cm = st
+        .objects
+        .get_mut(&format!("{NS}/configmaps"))
+        .unwrap()
+        .get_mut("cubeflash-routes")
+        .unwrap();
+    let mut routes = cm["data"]["routes.json"].as_str().unwrap().to_string();
+    for (name, _, url) in functions {
+        routes = routes.replace(&format!("http://{name}.demo.svc:8080"), url);
+    }
+    cm["data"]["routes.json"] = json!(routes);
+    drop(st);
+    dir
+}
+
+fn server(status: u16, delay_ms: u64) -> TestServer {
+    TestServer::start(Arc::new(move |_| (status, Duration::from_millis(delay_ms))))
+}
+
+fn scale_patches(api: &FakeApi, deployment: &str) -> Vec<Value> {
+    api.seen()
+        .into_iter()
+        .filter(|s: &Seen| {
+            s.method == "PATCH" && s.path == format!("{APPS}/deployments/{deployment}/scale")
+        })
+        .map(|s| s.body)
+        .collect()
+}
+
+#[test]
+fn routes_are_chosen_by_method_and_longest_prefix_deterministically() {
+    let api = FakeApi::start();
+    let (a, b) = (server(201, 0), server(202, 0));
+    let dir = deployed(
+        &api,
+        &[
+            ("a", "scale: { min: 1 }\ntriggers:\n  - http: { path: /items, methods: [GET] }\n  - http: { path: /api/* }\n", &a.url("")),
+            ("b", "scale: { min: 1 }\ntriggers:\n  - http: { path: /items, methods: [POST] }\n  - http: { path: /api/v1/* }\n", &b.url("")),
+        ],
+    );
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let c = reqwest::blocking::Client::new();
+    let status =
+        |m: reqwest::Method, path: &str| c.request(m, format!("{}{path}", gw.url)).send().unwrap();
+    assert_eq!(status(reqwest::Method::GET, "/items").status(), 201);
+    assert_eq!(status(reqwest::Method::POST, "/items").status(), 202);
+    assert_eq!(status(reqwest::Method::GET, "/api/v1/x").status(), 202);
+    assert_eq!(status(reqwest::Method::GET, "/api/v2").status(), 201);
+    assert_eq!(status(reqwest::Method::GET, "/apixyz").status(), 404);
+    let refused = status(reqwest::Method::DELETE, "/items");
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET, POST, HEAD");
+}
+
+#[test]
+fn scale_limit_holds_requests_beyond_the_cap_in_the_queue() {
+    let api = FakeApi::start();
+    let slow = server(200, 600);
+    let dir = deployed(
+        &api,
+        &[(
+            "a",
+            "scale: { min: 1, max: 1, concurrency: 1, limit: 1 }\n",
+            &slow.url(""),
+        )],
+    );
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let url = format!("{}/function/a", gw.url);
+    // Warm (min 1 is ready in the fake at once).
+    assert_eq!(reqwest::blocking::get(&url).unwrap().status(), 200);
+    let started = Instant::now();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let s = reqwest::blocking::get(&url).unwrap().status();
+                (s, Instant::now())
+            })
+        })
+        .collect();
+    let mut done: Vec<(reqwest::StatusCode, Instant)> =
+        calls.into_iter().map(|c| c.join().unwrap()).collect();
+    done.sort_by_key(|d| d.1);
+    assert!(done.iter().all(|d| d.0 == 200), "{done:?}");
+    let last = done[2].1 - started;
+    assert!(
+        last >= Duration::from_millis(1700),
+        "three calls at limit 1 took only {last:?}"
+    );
+}
+
+#[test]
+fn a_refused_scale_is_named_in_healthz_and_in_the_504_of_a_waiting_request() {
+    let api = FakeApi::start();
+    let s = server(200, 0);
+    let dir = deployed(
+        &api,
+        &[("a", "scale: { coldStartTimeout: 2s }\n", &s.url(""))],
+    );
+    api.state.lock().unwrap().forbid = Some(("PATCH".into(), "deployments/scale".into()));
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let resp = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("403") && error.contains("patch") && error.contains("deployments/scale"),
+        "{error}"
+    );
+    let health = reqwest::blocking::get(format!("{}/healthz", gw.url)).unwrap();
+    assert_eq!(health.status(), 503);
+    let h: Value = health.json().unwrap();
+    assert!(
+        h["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kubectl auth can-i patch deployments/scale"),
+        "{h}"
+    );
+    // Allowed again: the patcher's retry succeeds and the gateway is ready.
+    api.state.lock().unwrap().forbid = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::blocking::get(format!("{}/healthz", gw.url))
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "healthz stayed unavailable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_api_server_that_goes_away_makes_healthz_unavailable() {
+    let api = FakeApi::start();
+    let s = server(200, 0);
+    let dir = deployed(&api, &[("a", "", &s.url(""))]);
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    assert_eq!(
+        reqwest::blocking::get(format!("{}/healthz", gw.url))
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(api);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = reqwest::blocking::get(format!("{}/healthz", gw.url)).unwrap();
+        if h.status() == 503 {
+            let h: Value = h.json().unwrap();
+            assert!(
+                h["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot reach the API server"),
+                "{h}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz still says ok with no API server"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_deleted_deployment_is_no_longer_scaled() {
+    let api = FakeApi::start();
+    let s = server(200, 0);
+    let dir = deployed(
+        &api,
+        &[(
+            "a",
+            "scale: { idle: 1s, coldStartTimeout: 1s }\n",
+            &s.url(""),
+        )],
+    );
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    assert_eq!(
+        reqwest::blocking::get(format!("{}/function/a", gw.url))
+            .unwrap()
+            .status(),
+        200
+    );
+    let port = api.port;
+    let deleted = reqwest::blocking::Client::new()
+        .delete(format!("http://127.0.0.1:{port}{APPS}/deployments/a"))
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = scale_patches(&api, "a").len();
+    // Requests and idle time that would scale it both ways.
+    for _ in 0..3 {
+        let r = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap();
+        assert_eq!(r.status(), 504);
+        assert!(r.text().unwrap().contains("was deleted"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        scale_patches(&api, "a").len(),
+        before,
+        "the gateway kept scaling a deleted Deployment"
+    );
+}
+
+#[test]
+fn a_cold_start_waits_for_a_service_that_lags_behind_readiness_instead_of_502() {
+    let api = FakeApi::start();
+    // The Service's address refuses connections until kube-proxy "catches up".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = deployed(&api, &[("a", "", &format!("http://127.0.0.1:{port}"))]);
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        server_on(port)
+    });
+    let resp = reqwest::blocking::get(format!("{}/function/a", gw.url)).unwrap();
+    let _server = late.join().unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().unwrap_or_default());
+}
+
+fn server_on(port: u16) -> TestServer {
+    TestServer::start_on(port, Arc::new(|_| (200, Duration::ZERO)))
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    let api = FakeApi::start();
+    let slow = server(200, 1000);
+    let dir = deployed(&api, &[("a", "scale: { min: 1 }\n", &slow.url(""))]);
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let url = format!("{}/function/a", gw.url);
+    let call = std::thread::spawn(move || reqwest::blocking::get(&url).map(|r| r.status()));
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = call.join().unwrap().expect("the request in flight was cut");
+    assert_eq!(status, 200);
+}
