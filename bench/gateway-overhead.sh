@@ -13,6 +13,8 @@ for tool in nginx wrk; do
   command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install nginx-light wrk" >&2; exit 2; }
 done
 WORK="$(mktemp -d)"
+# A gateway run as root runs replicas as nobody, who must be able to read the repo.
+chmod 755 "$WORK"
 cleanup() {
   [ -n "${UP_PID:-}" ] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
   [ -f "$WORK/proxy.pid" ] && kill -TERM "$(cat "$WORK/proxy.pid")" 2>/dev/null || true

@@ -8,6 +8,8 @@ set -euo pipefail
 BIN="$(realpath "${1:-target/release/cubeflash}")"
 N="${2:-1000}"
 WORK="$(mktemp -d)"
+# A gateway run as root runs replicas as nobody, who must be able to read the repo.
+chmod 755 "$WORK"
 cleanup() { [ -n "${UP_PID:-}" ] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 mkdir -p "$WORK/functions"

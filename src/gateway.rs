@@ -305,6 +305,11 @@ impl Gateway {
         if path == "/healthz" || path == "/readyz" {
             return self.health();
         }
+        // Alive, whatever the backend can do: a liveness probe must not restart the gateway
+        // over a refusal it reports in /readyz.
+        if path == "/livez" {
+            return json_response(StatusCode::OK, &serde_json::json!({ "status": "alive" }));
+        }
         if path == "/metrics" {
             return self.metrics_response();
         }

@@ -190,7 +190,7 @@ impl FunctionState {
         if desired == current || (desired > current && self.serverless.failure().is_some()) {
             return;
         }
-        tracing::debug!(function = %self.name(), from = current, to = desired, demand, "scale");
+        tracing::info!(function = %self.name(), from = current, to = desired, demand, "scaling");
         self.serverless.scale_to(desired, false);
     }
 
