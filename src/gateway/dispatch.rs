@@ -101,7 +101,7 @@ impl Gateway {
             Ok(resp) => resp,
             Err(r) => {
                 if r.status.is_server_error() {
-                    tracing::warn!(function = %f.name(), status = r.status.as_u16(), call = %call_id, "{}", r.message);
+                    tracing::warn!(function = %f.name(), status = r.status.as_u16(), call = call_id.to_str().unwrap_or(""), "{}", r.message);
                 }
                 let mut resp = json_response(
                     r.status,
@@ -124,9 +124,7 @@ impl Gateway {
                 resp
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&call_id) {
-            response.headers_mut().insert(CALL_ID, v);
-        }
+        response.headers_mut().insert(CALL_ID, call_id);
         let code = response.status().as_u16();
         if code == 200 {
             f.hot.ok.inc();
@@ -149,7 +147,7 @@ impl Gateway {
         req: Request<B>,
         forward_path: &str,
         client: SocketAddr,
-        call_id: &str,
+        call_id: &HeaderValue,
         trigger: Option<&'static str>,
         started: Instant,
     ) -> Result<Response<GatewayBody>, Reject>
@@ -179,30 +177,33 @@ impl Gateway {
             return Err(self.body_fault(fault).unwrap_or_else(too_large));
         }
 
-        let query = parts
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        // Origin form: the connection already goes to the replica; Host passes through.
-        let uri: Uri = format!("{forward_path}{query}").parse().map_err(|e| {
-            Reject::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot forward path {forward_path:?}: {e}"),
-            )
-        })?;
+        // Origin form: the connection already goes to the replica; Host passes through. A
+        // trigger path is forwarded as it came; /function/NAME/rest as /rest.
+        if parts.uri.path() != forward_path || parts.uri.scheme().is_some() {
+            let query = parts.uri.query();
+            let mut target =
+                String::with_capacity(forward_path.len() + query.map_or(0, |q| q.len() + 1));
+            target.push_str(forward_path);
+            if let Some(q) = query {
+                target.push('?');
+                target.push_str(q);
+            }
+            parts.uri = Uri::try_from(target).map_err(|e| {
+                Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot forward path {forward_path:?}: {e}"),
+                )
+            })?;
+        }
         proxy::strip_hop_by_hop(&mut parts.headers);
         proxy::strip_internal(&mut parts.headers);
         proxy::set_forwarded(&mut parts.headers, client);
-        if let Ok(v) = HeaderValue::from_str(call_id) {
-            parts.headers.insert(CALL_ID, v);
-        }
+        parts.headers.insert(CALL_ID, call_id.clone());
         if let Some(t) = trigger {
             parts
                 .headers
                 .insert(proxy::TRIGGER, HeaderValue::from_static(t));
         }
-        parts.uri = uri;
         parts.version = hyper::Version::HTTP_11;
         let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
             || parts.headers.contains_key("idempotency-key");
@@ -234,7 +235,11 @@ impl Gateway {
             };
             // Kept only where a second try is allowed: an idempotent request whose body is
             // all in memory.
-            let again = (idempotent && !retried).then(|| replay(&request)).flatten();
+            // Kept only where a second try is possible: an idempotent request whose body is
+            // all in memory, and another ready replica to send it to.
+            let again = (idempotent && !retried && f.serverless.ready_count() > 1)
+                .then(|| replay(&request))
+                .flatten();
             let fault = request.body().fault.clone();
             let sent = Instant::now();
             let result = tokio::time::timeout(timeout, checkout.send(request)).await;

@@ -13,42 +13,61 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 /// The body type every gateway response uses.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 
-pub const CALL_ID: &str = "x-cubeflash-call-id";
-pub const COLD_START: &str = "x-cubeflash-cold-start";
+pub const CALL_ID: HeaderName = HeaderName::from_static("x-cubeflash-call-id");
+pub const COLD_START: HeaderName = HeaderName::from_static("x-cubeflash-cold-start");
 /// Which internal trigger made the call (schedule); only the gateway sets it.
-pub const TRIGGER: &str = "x-cubeflash-trigger";
+pub const TRIGGER: HeaderName = HeaderName::from_static("x-cubeflash-trigger");
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Typed names: a removal by `&str` parses and hashes the name on every call, and this runs
+/// twice on every proxied request.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including those the Connection header names. One pass over
-/// the (usually few) headers decides whether there is anything to do: this runs twice on
-/// every proxied request.
+/// the (usually few) headers finds which are there; only those are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+    let mut present = [false; 9];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if present[0] {
+        // `Connection: keep-alive` or `close`, the usual values, name no other header.
+        let named: Vec<HeaderName> = headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
     }
 }
 
@@ -74,19 +93,39 @@ fn is_internal(name: &HeaderName) -> bool {
 /// asked for, replacing whatever the client sent: the gateway is the edge, and a function
 /// that trusts these headers must be able to.
 pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-        headers.insert("x-forwarded-for", v);
-    }
+    headers.insert(X_FORWARDED_FOR, client_value(client.ip()));
     match headers.get(hyper::header::HOST).cloned() {
         Some(host) => {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(X_FORWARDED_HOST);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    headers.remove("forwarded");
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if headers.contains_key(FORWARDED) {
+        headers.remove(FORWARDED);
+    }
+}
+
+/// The client's address as a header value, kept per serving thread for the last client:
+/// most connections come from a few addresses (a load balancer, a port-forward).
+fn client_value(ip: std::net::IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = last.as_ref() {
+            if *cached == ip {
+                return value.clone();
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+            .expect("an address is a valid header value");
+        *last = Some((ip, value.clone()));
+        value
+    })
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> GatewayBody {
