@@ -165,7 +165,7 @@ pub enum Command {
         #[arg(long, default_value_t = 6 * 1024 * 1024)]
         max_body_size: u64,
         /// Client connections served at once (gateway.maxConnections).
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 2048)]
         max_connections: u32,
         /// A request head must arrive within this (gateway.headerTimeout).
         #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]

@@ -84,7 +84,7 @@ impl ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: 2048,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
@@ -324,7 +324,8 @@ impl Gateway {
             return self.metrics_response();
         }
         if path == "/system" || path.starts_with("/system/") {
-            return self.admin(req).await;
+            // Boxed: off the request path, and kept out of every request's future.
+            return Box::pin(self.admin(req)).await;
         }
         let routes = self.routes();
         if let Some(rest) = path.strip_prefix("/function/") {

@@ -7,12 +7,6 @@ use clap::Parser;
 use cubeflash::cli::Cli;
 use cubeflash::commands::{self, Outcome};
 
-/// The gateway allocates a few small objects per proxied request (headers, buffers, futures);
-/// mimalloc serves those in a fraction of glibc malloc's instructions (measured with
-/// callgrind, see README "Performance").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match commands::run(cli) {

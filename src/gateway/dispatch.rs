@@ -205,13 +205,24 @@ impl Gateway {
                 .insert(proxy::TRIGGER, HeaderValue::from_static(t));
         }
         parts.version = hyper::Version::HTTP_11;
-        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-            || parts.headers.contains_key("idempotency-key");
+        self.forward(f, Request::from_parts(parts, body), started)
+            .await
+    }
 
+    /// Sends a request whose head is ready to a replica, retrying where that is safe.
+    async fn forward(
+        &self,
+        f: &Arc<FunctionState>,
+        mut request: Request<RequestBody>,
+        started: Instant,
+    ) -> Result<Response<GatewayBody>, Reject> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        ) || request.headers().contains_key("idempotency-key");
         let timeout = f.entry.timeout.value;
         let deadline = tokio::time::Instant::now() + f.entry.scale.cold_start_timeout.value;
         let mut retried = false;
-        let mut request = Request::from_parts(parts, body);
         loop {
             let lease = self.acquire(f, deadline).await?;
             let inflight = f.enter();

@@ -300,7 +300,9 @@ impl Gateway {
                         None,
                     ));
                 }
-                Ok(gateway.handle(req, client).await)
+                // Boxed per request: hyper keeps room for the service future in every
+                // connection, idle or not, and the request path's future is kilobytes.
+                Ok(Box::pin(gateway.handle(req, client)).await)
             }
         });
         let mut builder = http1::Builder::new();

@@ -18,7 +18,7 @@ pub mod defaults {
     pub const GATEWAY_PORT: u32 = 8080;
     pub const MAX_BODY_SIZE: &str = "6Mi";
     pub const QUEUE_SIZE: u32 = 100;
-    pub const MAX_CONNECTIONS: u32 = 4096;
+    pub const MAX_CONNECTIONS: u32 = 2048;
     pub const HEADER_TIMEOUT: &str = "30s";
     pub const BODY_TIMEOUT: &str = "30s";
     pub const IDLE_TIMEOUT: &str = "75s";
