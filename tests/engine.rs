@@ -470,15 +470,3 @@ fn every_case_against_the_local_backend() {
     );
     assert_eq!(refused[0].header("retry-after"), Some("1"));
 }
-
-#[tokio::test]
-async fn zz_sizes() {
-    let root = repo();
-    let gw = fake_engine(root.path());
-    let req = hyper::Request::builder()
-        .uri("/healthz")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let fut = gw.handle(req, "127.0.0.1:1".parse().unwrap());
-    eprintln!("SIZE handle future: {}", std::mem::size_of_val(&fut));
-}
