@@ -6,6 +6,9 @@
 #
 #   bench/gateway-overhead.sh [path/to/cubeflash]      needs nginx and wrk (Debian packages)
 #   ROUNDS=3 DURATION=10s CONNECTIONS=32 bench/gateway-overhead.sh
+#   KUBE=1 bench/gateway-overhead.sh   also `cubeflash gateway` (the Kubernetes backend) against
+#                                      bench/fake-kube-api.py, its Service being the identical
+#                                      baseline backend: the two forwarding paths compared
 set -euo pipefail
 BIN="$(realpath "${1:-target/release/cubeflash}")"
 ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10s}"; CONNS="${CONNECTIONS:-32}"
@@ -18,6 +21,8 @@ chmod 755 "$WORK"
 cleanup() {
   [ -n "${UP_PID:-}" ] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
   [ -f "$WORK/proxy.pid" ] && kill -TERM "$(cat "$WORK/proxy.pid")" 2>/dev/null || true
+  [ -n "${KGW_PID:-}" ] && kill -TERM "$KGW_PID" 2>/dev/null || true
+  [ -n "${API_PID:-}" ] && kill -TERM "$API_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -87,6 +92,28 @@ CONF
 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
 sleep 0.3
 
+KGW=""
+if [ "${KUBE:-0}" = 1 ]; then
+  free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+  API_PORT=$(free_port); KGW_PORT=$(free_port)
+  python3 "$(dirname "$0")/fake-kube-api.py" "$API_PORT" bench fixed "$BACKEND" &
+  API_PID=$!
+  cat > "$WORK/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: fake, cluster: {server: "http://127.0.0.1:$API_PORT"}}]
+users: [{name: fake, user: {}}]
+contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: bench}}]
+current-context: fake
+KC
+  sleep 0.5
+  KUBECONFIG="$WORK/kubeconfig" "$BIN" gateway --namespace bench --bind 127.0.0.1 --port "$KGW_PORT" > "$WORK/kgw.log" 2>&1 &
+  KGW_PID=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$KGW_PORT/healthz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$KGW_PORT/function/fixed" >/dev/null || { echo "the Kubernetes gateway did not come up:"; cat "$WORK/kgw.log"; exit 1; }
+  KGW="http://127.0.0.1:$KGW_PORT/function/fixed"
+fi
+
 run() { # run NAME URL -> "rps p50_ms p99_ms"
   local out
   out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2")
@@ -102,10 +129,16 @@ to_ms() { # wrk prints 120.00us / 1.20ms / 1.00s
 
 wrk -t2 -c"$CONNS" -d2s "$GW/function/fixed" >/dev/null
 wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY_PORT/" >/dev/null
+[ -n "$KGW" ] && wrk -t2 -c"$CONNS" -d2s "$KGW" >/dev/null
 echo "wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
 printf '%-6s %-10s %12s %10s %10s %8s\n' round target requests/s p50_ms p99_ms ratio
-declare -a G N D
+declare -a G N D K
 for r in $(seq "$ROUNDS"); do
+  if [ -n "$KGW" ]; then
+    read -r k1 k2 k3 < <(run kube "$KGW")
+    printf '%-6s %-10s %12s %10s %10s %8s\n' "$r" kubernetes "$k1" "$k2" "$k3" ""
+    K+=("$k1 $k2 $k3")
+  fi
   read -r g1 g2 g3 < <(run gateway "$GW/function/fixed")
   read -r n1 n2 n3 < <(run nginx "http://127.0.0.1:$PROXY_PORT/")
   read -r d1 d2 d3 < <(run direct "$BACKEND/")
@@ -118,6 +151,10 @@ col() { local i=$1; shift; for x in "$@"; do echo "$x" | awk -v i="$i" '{print $
 gr=$(col 1 "${G[@]}"); nr=$(col 1 "${N[@]}")
 g50=$(col 2 "${G[@]}"); n50=$(col 2 "${N[@]}"); d50=$(col 2 "${D[@]}")
 g99=$(col 3 "${G[@]}"); n99=$(col 3 "${N[@]}"); d99=$(col 3 "${D[@]}")
+if [ -n "$KGW" ]; then
+  kr=$(col 1 "${K[@]}"); k50=$(col 2 "${K[@]}"); k99=$(col 3 "${K[@]}")
+  awk -v k="$kr" -v g="$gr" -v k50="$k50" -v k99="$k99" 'BEGIN { printf "kubernetes backend: %s req/s (p50 %s ms, p99 %s ms): %.2f of the local backend (target: within 5%%)\n", k, k50, k99, k/g }'
+fi
 echo "medians: cubeflash $gr req/s (p50 $g50 ms, p99 $g99 ms); nginx $nr req/s (p50 $n50 ms, p99 $n99 ms); direct p50 $d50 ms, p99 $d99 ms"
 awk -v g="$gr" -v n="$nr" -v g50="$g50" -v n50="$n50" -v d50="$d50" -v g99="$g99" -v n99="$n99" -v d99="$d99" 'BEGIN {
   printf "requests/s ratio cubeflash/nginx: %.2f (target >= 1.0)\n", g/n
