@@ -381,11 +381,7 @@ async fn ask_engine(gw: &Arc<Gateway>, case: &Case) -> Answer {
         .unwrap();
     let resp = gw.handle(req, "127.0.0.1:1".parse().unwrap()).await;
     let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
+    let headers = pairs(resp.headers());
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
@@ -405,16 +401,19 @@ fn ask_http(base: &str, case: &Case) -> Answer {
     }
     let resp = req.send().unwrap();
     let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
+    let headers = pairs(resp.headers());
     Answer {
         status,
         headers,
         body: resp.json().unwrap_or(Value::Null),
     }
+}
+
+fn pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 fn judge(backend: &str, case: &Case, answer: &Answer) {

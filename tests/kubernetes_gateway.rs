@@ -310,6 +310,14 @@ fn deployed(api: &FakeApi, functions: &[(&str, &str, &str)]) -> tempfile::TempDi
     dir
 }
 
+/// `deployed` with one function `a` (`extra` in its function.yaml, its Service at `url`),
+/// and the gateway serving it.
+fn one_function(api: &FakeApi, extra: &str, url: &str) -> (tempfile::TempDir, KubeGatewayProcess) {
+    let dir = deployed(api, &[("a", extra, url)]);
+    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    (dir, gw)
+}
+
 fn server(status: u16, delay_ms: u64) -> TestServer {
     TestServer::start(Arc::new(move |_| (status, Duration::from_millis(delay_ms))))
 }
@@ -353,15 +361,11 @@ fn routes_are_chosen_by_method_and_longest_prefix_deterministically() {
 fn scale_limit_holds_requests_beyond_the_cap_in_the_queue() {
     let api = FakeApi::start();
     let slow = server(200, 600);
-    let dir = deployed(
+    let (_dir, gw) = one_function(
         &api,
-        &[(
-            "a",
-            "scale: { min: 1, max: 1, concurrency: 1, limit: 1 }\n",
-            &slow.url(""),
-        )],
+        "scale: { min: 1, max: 1, concurrency: 1, limit: 1 }\n",
+        &slow.url(""),
     );
-    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
     let url = format!("{}/function/a", gw.url);
     // Warm (min 1 is ready in the fake at once).
     assert_eq!(reqwest::blocking::get(&url).unwrap().status(), 200);
@@ -431,8 +435,7 @@ fn a_refused_scale_is_named_in_healthz_and_in_the_504_of_a_waiting_request() {
 fn an_api_server_that_goes_away_makes_healthz_unavailable() {
     let api = FakeApi::start();
     let s = server(200, 0);
-    let dir = deployed(&api, &[("a", "", &s.url(""))]);
-    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let (_dir, gw) = one_function(&api, "", &s.url(""));
     assert_eq!(
         reqwest::blocking::get(format!("{}/healthz", gw.url))
             .unwrap()
@@ -466,15 +469,11 @@ fn an_api_server_that_goes_away_makes_healthz_unavailable() {
 fn a_deleted_deployment_is_no_longer_scaled() {
     let api = FakeApi::start();
     let s = server(200, 0);
-    let dir = deployed(
+    let (_dir, gw) = one_function(
         &api,
-        &[(
-            "a",
-            "scale: { idle: 1s, coldStartTimeout: 1s }\n",
-            &s.url(""),
-        )],
+        "scale: { idle: 1s, coldStartTimeout: 1s }\n",
+        &s.url(""),
     );
-    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
     assert_eq!(
         reqwest::blocking::get(format!("{}/function/a", gw.url))
             .unwrap()
@@ -512,8 +511,7 @@ fn a_cold_start_waits_for_a_service_that_lags_behind_readiness_instead_of_502() 
         .local_addr()
         .unwrap()
         .port();
-    let dir = deployed(&api, &[("a", "", &format!("http://127.0.0.1:{port}"))]);
-    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let (_dir, gw) = one_function(&api, "", &format!("http://127.0.0.1:{port}"));
     let late = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(800));
         server_on(port)
@@ -531,8 +529,7 @@ fn server_on(port: u16) -> TestServer {
 fn sigterm_lets_requests_in_flight_finish() {
     let api = FakeApi::start();
     let slow = server(200, 1000);
-    let dir = deployed(&api, &[("a", "scale: { min: 1 }\n", &slow.url(""))]);
-    let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
+    let (_dir, gw) = one_function(&api, "scale: { min: 1 }\n", &slow.url(""));
     let url = format!("{}/function/a", gw.url);
     let call = std::thread::spawn(move || reqwest::blocking::get(&url).map(|r| r.status()));
     std::thread::sleep(Duration::from_millis(300));

@@ -120,17 +120,11 @@ impl RouteEntry {
     }
 
     pub fn http_triggers(&self) -> impl Iterator<Item = &HttpTrigger> {
-        self.triggers.iter().filter_map(|t| match t {
-            Trigger::Http(h) => Some(h),
-            _ => None,
-        })
+        Trigger::http_of(&self.triggers)
     }
 
     pub fn schedule_triggers(&self) -> impl Iterator<Item = &ScheduleTrigger> {
-        self.triggers.iter().filter_map(|t| match t {
-            Trigger::Schedule(s) => Some(s),
-            _ => None,
-        })
+        Trigger::schedules_of(&self.triggers)
     }
 }
 

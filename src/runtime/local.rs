@@ -177,12 +177,7 @@ pub fn process_spec(
     if !runtimes.sandbox.can_read(&dir) {
         return Err(LocalError::Unreadable {
             dir,
-            user: runtimes
-                .sandbox
-                .user
-                .as_ref()
-                .map(|u| u.name.clone())
-                .unwrap_or_default(),
+            user: runtimes.sandbox.user_name(),
         });
     }
     let mut pool = None;
@@ -223,12 +218,7 @@ pub fn process_spec(
                     "node"
                 },
                 found,
-                user: runtimes
-                    .sandbox
-                    .user
-                    .as_ref()
-                    .map(|u| u.name.clone())
-                    .unwrap_or_default(),
+                user: runtimes.sandbox.user_name(),
             })?;
             // Variables that shape the interpreter itself only work on a fresh start.
             if !spec.env.keys().any(|k| k.starts_with(prefix)) {

@@ -92,6 +92,14 @@ impl Sandbox {
         })
     }
 
+    /// Who replicas run as, by name ("" when as the gateway's own user).
+    pub fn user_name(&self) -> String {
+        self.user
+            .as_ref()
+            .map(|u| u.name.clone())
+            .unwrap_or_default()
+    }
+
     /// Gives `cmd` the replica's environment (the base and `env`, nothing else) and user.
     pub fn apply(&self, cmd: &mut Command, env: &[(String, String)]) {
         cmd.env_clear();

@@ -95,6 +95,24 @@ pub enum Trigger {
     Queue(QueueTrigger),
 }
 
+impl Trigger {
+    /// The http triggers among `triggers`.
+    pub fn http_of(triggers: &[Trigger]) -> impl Iterator<Item = &HttpTrigger> {
+        triggers.iter().filter_map(|t| match t {
+            Trigger::Http(h) => Some(h),
+            _ => None,
+        })
+    }
+
+    /// The schedule triggers among `triggers`.
+    pub fn schedules_of(triggers: &[Trigger]) -> impl Iterator<Item = &ScheduleTrigger> {
+        triggers.iter().filter_map(|t| match t {
+            Trigger::Schedule(s) => Some(s),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
@@ -191,17 +209,11 @@ impl FunctionSpec {
     }
 
     pub fn http_triggers(&self) -> impl Iterator<Item = &HttpTrigger> {
-        self.triggers.iter().filter_map(|t| match t {
-            Trigger::Http(h) => Some(h),
-            _ => None,
-        })
+        Trigger::http_of(&self.triggers)
     }
 
     pub fn schedule_triggers(&self) -> impl Iterator<Item = &ScheduleTrigger> {
-        self.triggers.iter().filter_map(|t| match t {
-            Trigger::Schedule(s) => Some(s),
-            _ => None,
-        })
+        Trigger::schedules_of(&self.triggers)
     }
 }
 
