@@ -1,6 +1,7 @@
 //! The local target: a background `cubeflash up` with its pidfile, URL file and log under
 //! .cubeflash/, reloaded through the admin API when it is already running.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -118,11 +119,15 @@ pub async fn start_background(root: &Path, exe: &Path) -> Result<String, LocalDe
     };
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     let log_path = dir.join(LOG_FILE);
+    // 0600: .cubeflash/ may be entered by the replica user (for the shims), not this log.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(io("open", &log_path))?;
+    // One written by an older cubeflash may be more open.
+    let _ = log.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
     let err_log = log.try_clone().map_err(io("open", &log_path))?;
     // Only this run's lines are shown if it fails.
     let offset = log.metadata().map(|m| m.len()).unwrap_or(0);

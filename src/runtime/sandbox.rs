@@ -70,10 +70,14 @@ impl Sandbox {
             None
         };
         let records = state_dir.join("replicas");
-        std::fs::create_dir_all(&records).map_err(|source| SandboxError::Io {
-            path: records.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&records)
+            .and_then(|()| {
+                std::fs::set_permissions(&records, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|source| SandboxError::Io {
+                path: records.clone(),
+                source,
+            })?;
         let home = match &user {
             Some(u) => u.home.display().to_string(),
             None => std::env::var("HOME").unwrap_or_else(|_| "/".into()),
