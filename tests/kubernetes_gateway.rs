@@ -541,3 +541,70 @@ fn sigterm_lets_requests_in_flight_finish() {
     let status = call.join().unwrap().expect("the request in flight was cut");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn replicas_set_by_someone_else_are_adopted_and_owned_again() {
+    let api = FakeApi::start();
+    let s = server(200, 0);
+    let (_dir, gw) = one_function(&api, "scale: { max: 3, idle: 2s }\n", &s.url(""));
+    assert_eq!(
+        reqwest::blocking::get(format!("{}/function/a", gw.url))
+            .unwrap()
+            .status(),
+        200
+    );
+    // A `kubectl scale --replicas=3` (or a deploy that resets the count): the Deployment changes
+    // under the gateway.
+    {
+        let mut st = api.state.lock().unwrap();
+        let collection = format!("{APPS}/deployments");
+        let mut d = st.objects[&collection]["a"].clone();
+        st.version += 1;
+        d["metadata"]["resourceVersion"] = json!(st.version.to_string());
+        d["spec"]["replicas"] = json!(3);
+        d["status"]["readyReplicas"] = json!(3);
+        st.objects
+            .get_mut(&collection)
+            .unwrap()
+            .insert("a".into(), d.clone());
+        st.notify(&collection, &d);
+    }
+    let admin = |path: &str| -> Value {
+        reqwest::blocking::Client::new()
+            .get(format!("{}{path}", gw.url))
+            .bearer_auth("secret-token")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin("/system/functions/a")["replicas"]["desired"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the new count was not adopted: {}",
+            admin("/system/functions/a")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It applies the count as its own (field manager cubeflash-gateway)...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !scale_patches(&api, "a").contains(&json!({"spec": {"replicas": 3}})) {
+        assert!(
+            Instant::now() < deadline,
+            "no scale patch took the count over: {:?}",
+            scale_patches(&api, "a")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...and the autoscaler goes on from there: idle, back to zero.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while scale_patches(&api, "a").last() != Some(&json!({"spec": {"replicas": 0}})) {
+        assert!(
+            Instant::now() < deadline,
+            "not scaled back to zero: {:?}",
+            scale_patches(&api, "a")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

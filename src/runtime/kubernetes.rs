@@ -36,6 +36,9 @@ pub struct DeploymentPool {
     want: watch::Sender<u32>,
     /// A scale patch is being sent: a watch event seen meanwhile may predate it.
     patching: AtomicBool,
+    /// Someone else set `spec.replicas`: apply the count as ours even though it is already
+    /// the value, so that the gateway's field manager owns it again.
+    reown: AtomicBool,
     waiters: Arc<Waiters>,
     trouble: Mutex<Option<String>>,
     /// The Deployment is gone (deleted) or the pool was shut down: nothing is scaled.
@@ -74,6 +77,7 @@ impl DeploymentPool {
             observed: AtomicU64::new(u64::MAX),
             want,
             patching: AtomicBool::new(false),
+            reown: AtomicBool::new(false),
             waiters: Arc::default(),
             trouble: Mutex::new(None),
             gone: AtomicBool::new(false),
@@ -128,6 +132,7 @@ impl DeploymentPool {
             {
                 tracing::info!(deployment = %self.deployment, from = ours, to = spec, "replicas changed outside the gateway; adopting");
                 self.desired.store(spec, Ordering::SeqCst);
+                self.reown.store(true, Ordering::SeqCst);
                 let _ = self.want.send(spec);
             }
         }
@@ -167,8 +172,10 @@ impl DeploymentPool {
                     break;
                 }
                 let n = *wanted.borrow_and_update();
-                if u64::from(n) == self.observed.load(Ordering::SeqCst) && self.trouble().is_none()
-                {
+                let settled = u64::from(n) == self.observed.load(Ordering::SeqCst)
+                    && self.trouble().is_none()
+                    && !self.reown.swap(false, Ordering::SeqCst);
+                if settled {
                     break;
                 }
                 self.patching.store(true, Ordering::SeqCst);
