@@ -246,11 +246,10 @@ impl Gateway {
             };
             // Kept only where a second try is allowed: an idempotent request whose body is
             // all in memory.
-            // Kept only where a second try is possible: an idempotent request whose body is
-            // all in memory, and another ready replica to send it to.
-            let again = (idempotent && !retried && f.serverless.ready_count() > 1)
-                .then(|| replay(&request))
-                .flatten();
+            // Kept only where a second try is allowed: an idempotent request whose body is
+            // all in memory. With one replica the retry waits for its replacement (the broken
+            // one is out of rotation), within the cold-start deadline.
+            let again = (idempotent && !retried).then(|| replay(&request)).flatten();
             let fault = request.body().fault.clone();
             let sent = Instant::now();
             let result = tokio::time::timeout(timeout, checkout.send(request)).await;

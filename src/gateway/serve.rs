@@ -293,7 +293,8 @@ impl Gateway {
             async move {
                 let _busy = busy;
                 let bodiless = matches!(*req.method(), Method::GET | Method::HEAD);
-                if overflow && !(bodiless && req.uri().path() == "/healthz") {
+                let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/livez");
+                if overflow && !(bodiless && probe) {
                     return Ok::<_, std::convert::Infallible>(json_error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the gateway has as many connections open as gateway.maxConnections allows; retry shortly",
