@@ -416,6 +416,14 @@ fn pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Of three waiters with room for two in the queue, exactly one got 429 with Retry-After.
+fn one_refused_with_retry_after(answers: &[Answer]) {
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(refused.len(), 1, "{statuses:?}");
+    assert_eq!(refused[0].header("retry-after"), Some("1"));
+}
+
 fn judge(backend: &str, case: &Case, answer: &Answer) {
     assert_eq!(
         answer.status, case.status,
@@ -436,14 +444,7 @@ async fn every_case_against_the_fake_backend_without_a_listener() {
     // A full queue: three waiters for a function that never starts, queueSize 2.
     let stuck = &CASES[6];
     let answers = futures::future::join_all((0..3).map(|_| ask_engine(&gw, stuck))).await;
-    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
-    assert_eq!(
-        refused.len(),
-        1,
-        "{:?}",
-        answers.iter().map(|a| a.status).collect::<Vec<_>>()
-    );
-    assert_eq!(refused[0].header("retry-after"), Some("1"));
+    one_refused_with_retry_after(&answers);
 }
 
 #[test]
@@ -460,12 +461,5 @@ fn every_case_against_the_local_backend() {
         let calls: Vec<_> = (0..3).map(|_| s.spawn(|| ask_http(&url, stuck))).collect();
         calls.into_iter().map(|c| c.join().unwrap()).collect()
     });
-    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
-    assert_eq!(
-        refused.len(),
-        1,
-        "{:?}",
-        answers.iter().map(|a| a.status).collect::<Vec<_>>()
-    );
-    assert_eq!(refused[0].header("retry-after"), Some("1"));
+    one_refused_with_retry_after(&answers);
 }
