@@ -110,25 +110,22 @@ pub fn list(out: &mut impl Write, root: &Path, args: &TargetArgs) -> Result<Outc
         let (client, url) = kube_target::connect(args.context.as_deref()).await?;
         Ok::<_, anyhow::Error>(kube_target::functions(client, &url, &namespace).await?)
     })?;
-    writeln!(
-        out,
-        "{:<24} {:>8} {:>8} {:>16}",
-        "NAME", "READY", "DESIRED", "BASELINE READY"
-    )?;
-    for f in &functions {
-        let baseline = match f["baselineReplicas"].as_object() {
-            Some(b) => format!("{}/{}", b["ready"], b["desired"]),
-            None => "-".into(),
-        };
-        writeln!(
-            out,
-            "{:<24} {:>8} {:>8} {:>16}",
-            f["name"].as_str().unwrap_or("?"),
-            f["replicas"]["ready"],
-            f["replicas"]["desired"],
-            baseline
-        )?;
-    }
+    let rows: Vec<[String; 4]> = functions
+        .iter()
+        .map(|f| {
+            let baseline = match f["baselineReplicas"].as_object() {
+                Some(b) => format!("{}/{}", b["ready"], b["desired"]),
+                None => "-".into(),
+            };
+            [
+                f["name"].as_str().unwrap_or("?").to_string(),
+                f["replicas"]["ready"].to_string(),
+                f["replicas"]["desired"].to_string(),
+                baseline,
+            ]
+        })
+        .collect();
+    super::platform::write_table(out, &["NAME", "READY", "DESIRED", "BASELINE READY"], &rows)?;
     if functions.is_empty() {
         writeln!(
             out,

@@ -503,3 +503,37 @@ pub fn logs(
     }
     Ok(Outcome::Success)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::write_table;
+
+    #[test]
+    fn table_columns_stay_aligned_however_long_a_name_is() {
+        let rows = [
+            [
+                "a-function-with-a-very-long-name".to_string(),
+                "1/1".to_string(),
+                "http://x".to_string(),
+            ],
+            ["b".to_string(), "10/10".to_string(), "http://y".to_string()],
+        ];
+        let mut out = Vec::new();
+        write_table(&mut out, &["NAME", "READY", "URL"], &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let column = |l: &str, word: &str| l.find(word).unwrap();
+        assert_eq!(column(lines[0], "READY"), column(lines[1], "1/1"), "{text}");
+        assert_eq!(
+            column(lines[0], "READY"),
+            column(lines[2], "10/10"),
+            "{text}"
+        );
+        assert_eq!(
+            column(lines[0], "URL"),
+            column(lines[2], "http://y"),
+            "{text}"
+        );
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{text}");
+    }
+}
