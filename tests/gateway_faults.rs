@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -521,12 +522,7 @@ fn up_stops_replicas_an_earlier_gateway_of_the_repo_left_running() {
         .spawn()
         .unwrap();
     let pid = orphan.id();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let start = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .to_string();
+    let start = stat_fields(pid)[19].clone();
     let records = root.path().join(".cubeflash/replicas");
     std::fs::create_dir_all(&records).unwrap();
     std::fs::write(records.join(pid.to_string()), format!("{start}\n")).unwrap();
@@ -545,21 +541,13 @@ fn up_stops_replicas_an_earlier_gateway_of_the_repo_left_running() {
     let mut orphan = orphan;
     let status = orphan.wait().unwrap();
     assert!(!status.success(), "the orphan was killed");
-    let mut bystander = bystander;
-    assert!(
-        bystander.try_wait().unwrap().is_none(),
-        "an unrelated process was killed"
-    );
-    let _ = bystander.kill();
-    let _ = bystander.wait();
+    assert_alive_then_stop(bystander, "an unrelated process was killed");
 }
-
-use std::os::unix::process::CommandExt;
 
 #[test]
 fn down_never_signals_a_pid_that_is_not_this_repos_gateway() {
     let root = one_function("fn", "python", "", "def handle(req):\n    return 1\n");
-    let mut foreign = std::process::Command::new("sleep")
+    let foreign = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
@@ -573,12 +561,7 @@ fn down_never_signals_a_pid_that_is_not_this_repos_gateway() {
     assert!(out.status.success());
     assert!(common::text(&out.stdout).contains("no local platform was running"));
     thread::sleep(Duration::from_millis(100));
-    assert!(
-        foreign.try_wait().unwrap().is_none(),
-        "down killed a process it did not start"
-    );
-    let _ = foreign.kill();
-    let _ = foreign.wait();
+    assert_alive_then_stop(foreign, "down killed a process it did not start");
 }
 
 #[test]
@@ -659,11 +642,25 @@ fn deploy_reports_at_once_a_background_gateway_that_could_not_start() {
 
 /// CPU time (user + system, in clock ticks) a process has used.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(pid);
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The fields of /proc/PID/stat after the command name (field 3 onwards): the name is in
+/// parentheses and may hold spaces.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Fails unless `child` still runs (nothing the test drove may have killed it), then stops it.
+fn assert_alive_then_stop(mut child: std::process::Child, what: &str) {
+    assert!(child.try_wait().unwrap().is_none(), "{what}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

@@ -229,23 +229,14 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
         st.notify(&collection, &cm);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while reqwest::blocking::get(format!("{}/bonjour", gw.url))
-        .unwrap()
-        .status()
-        != 200
-    {
+    while status_of(&format!("{}/bonjour", gw.url)) != 200 {
         assert!(
             Instant::now() < deadline,
             "the new route table was not loaded"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/hello", gw.url))
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status_of(&format!("{}/hello", gw.url)), 404);
 
     // Idle for longer than scale.idle (2s): back to zero through the scale subresource.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -316,6 +307,11 @@ fn one_function(api: &FakeApi, extra: &str, url: &str) -> (tempfile::TempDir, Ku
     let dir = deployed(api, &[("a", extra, url)]);
     let gw = start_gateway(dir.path(), &api.kubeconfig(dir.path()));
     (dir, gw)
+}
+
+/// The status of a GET of `url`.
+fn status_of(url: &str) -> reqwest::StatusCode {
+    reqwest::blocking::get(url).unwrap().status()
 }
 
 fn server(status: u16, delay_ms: u64) -> TestServer {
@@ -421,11 +417,7 @@ fn a_refused_scale_is_named_in_healthz_and_in_the_504_of_a_waiting_request() {
     // Allowed again: the patcher's retry succeeds and the gateway is ready.
     api.state.lock().unwrap().forbid = None;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::blocking::get(format!("{}/healthz", gw.url))
-        .unwrap()
-        .status()
-        != 200
-    {
+    while status_of(&format!("{}/healthz", gw.url)) != 200 {
         assert!(Instant::now() < deadline, "healthz stayed unavailable");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -436,12 +428,7 @@ fn an_api_server_that_goes_away_makes_healthz_unavailable() {
     let api = FakeApi::start();
     let s = server(200, 0);
     let (_dir, gw) = one_function(&api, "", &s.url(""));
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/healthz", gw.url))
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&format!("{}/healthz", gw.url)), 200);
     drop(api);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -474,12 +461,7 @@ fn a_deleted_deployment_is_no_longer_scaled() {
         "scale: { idle: 1s, coldStartTimeout: 1s }\n",
         &s.url(""),
     );
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/function/a", gw.url))
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&format!("{}/function/a", gw.url)), 200);
     let port = api.port;
     let deleted = reqwest::blocking::Client::new()
         .delete(format!("http://127.0.0.1:{port}{APPS}/deployments/a"))
@@ -547,12 +529,7 @@ fn replicas_set_by_someone_else_are_adopted_and_owned_again() {
     let api = FakeApi::start();
     let s = server(200, 0);
     let (_dir, gw) = one_function(&api, "scale: { max: 3, idle: 2s }\n", &s.url(""));
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/function/a", gw.url))
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&format!("{}/function/a", gw.url)), 200);
     // A `kubectl scale --replicas=3` (or a deploy that resets the count): the Deployment changes
     // under the gateway.
     {
