@@ -178,14 +178,14 @@ impl DeploymentPool {
                 if settled {
                     break;
                 }
-                self.patching.store(true, Ordering::SeqCst);
+                let patching = Flag::raise(&self.patching);
                 let pp = PatchParams {
                     field_manager: Some(SCALE_MANAGER.into()),
                     ..Default::default()
                 };
                 let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": n } }));
                 let result = api.patch_scale(&self.deployment, &pp, &patch).await;
-                self.patching.store(false, Ordering::SeqCst);
+                drop(patching);
                 match result {
                     Ok(_) => {
                         self.observed.store(u64::from(n), Ordering::SeqCst);
@@ -248,6 +248,22 @@ impl DeploymentPool {
                 _ = self.stop.notified() => return,
             }
         }
+    }
+}
+
+/// A flag raised while it lives: lowered on drop, also when the future holding it is dropped.
+struct Flag<'a>(&'a AtomicBool);
+
+impl<'a> Flag<'a> {
+    fn raise(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Self(flag)
+    }
+}
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
