@@ -35,6 +35,9 @@ pub enum Command {
         /// The Kubernetes namespace the project deploys into.
         #[arg(long, default_value = "cubeflash")]
         namespace: String,
+        /// Also run `git init` there (when it is not in a git repository yet).
+        #[arg(long)]
+        git: bool,
     },
     /// Scaffold functions/<NAME>/ with a function.yaml and a handler that work at once.
     New {
@@ -84,6 +87,13 @@ pub enum Command {
         /// Kubernetes: take over fields another field manager (kubectl, another tool) owns.
         #[arg(long)]
         force_conflicts: bool,
+        /// Local: switch a function at zero to its new version without starting it once
+        /// first (a function with replicas is always rolled out).
+        #[arg(long)]
+        no_verify: bool,
+        /// Local: re-render generated/ first if it is out of date (else deploy warns).
+        #[arg(long)]
+        render: bool,
     },
     /// Stop the local platform that `deploy` started.
     Down,

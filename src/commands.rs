@@ -30,7 +30,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     match cli.command {
-        Command::Init { path, namespace } => init(&mut out, path.or(cli.dir), &namespace),
+        Command::Init {
+            path,
+            namespace,
+            git,
+        } => init(&mut out, path.or(cli.dir), &namespace, git),
         Command::New {
             name,
             runtime,
@@ -49,6 +53,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             no_wait,
             timeout,
             force_conflicts,
+            no_verify,
+            render,
         } => {
             let root = repo_root(cli.dir)?;
             if kubernetes::wants(&root, &target)? {
@@ -59,7 +65,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 };
                 kubernetes::deploy(&mut out, &root, &target, options)
             } else {
-                platform::deploy(&mut out, Some(root))
+                platform::deploy(
+                    &mut out,
+                    Some(root),
+                    platform::DeployOptions {
+                        verify: !no_verify,
+                        render,
+                    },
+                )
             }
         }
         Command::Down => platform::down(&mut out, cli.dir),
@@ -170,7 +183,12 @@ pub(crate) fn load(root: &Path) -> Result<spec::Repo> {
     Ok(spec::load(root)?)
 }
 
-fn init(out: &mut impl Write, path: Option<PathBuf>, namespace: &str) -> Result<Outcome> {
+fn init(
+    out: &mut impl Write,
+    path: Option<PathBuf>,
+    namespace: &str,
+    git: bool,
+) -> Result<Outcome> {
     let dir = match path {
         Some(p) => p,
         None => std::env::current_dir().context("failed to read the current folder")?,
@@ -189,6 +207,31 @@ fn init(out: &mut impl Write, path: Option<PathBuf>, namespace: &str) -> Result<
         rendered.files.len(),
         dir.join(GENERATED_DIR).display()
     )?;
+    let in_git = std::process::Command::new("git")
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if git && !in_git {
+        let status = std::process::Command::new("git")
+            .arg("init")
+            .arg("--quiet")
+            .current_dir(&dir)
+            .status()
+            .context("failed to run `git init`: is git installed?")?;
+        if !status.success() {
+            anyhow::bail!("`git init` in {} failed ({status})", dir.display());
+        }
+        writeln!(out, "initialized a git repository in {}", dir.display())?;
+    } else if !in_git {
+        writeln!(
+            out,
+            "{} is not in a git repository: functions are reviewed in pull requests, so `git init` there (or `cubeflash init --git` next time)",
+            dir.display()
+        )?;
+    }
     writeln!(
         out,
         "next: cd {} && cubeflash new hello --runtime python",

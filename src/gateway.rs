@@ -117,10 +117,13 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Why the backend cannot watch or scale now, if so.
     fn trouble(&self) -> Option<String>;
-    /// Loads the functions again (local: from disk; Kubernetes: the route ConfigMap).
+    /// Loads the functions again (local: from disk, each changed function rolled out and,
+    /// with `verify`, one at zero started once before it is switched; Kubernetes: the
+    /// route ConfigMap).
     fn reload<'a>(
         &'a self,
         gateway: &'a Arc<Gateway>,
+        verify: bool,
     ) -> BoxFuture<'a, Result<api::Reloaded, String>>;
     /// Starts the backend's own loops; they stop when `stop` fires.
     fn start(
@@ -236,6 +239,7 @@ impl Gateway {
         let next = Arc::new(next);
         *self.routes.write().expect("routes lock") = next.clone();
         for f in retired {
+            f.mark_retired();
             let successor = next.by_name.get(f.name()).cloned();
             tokio::spawn(async move { f.retire(successor.as_deref()).await });
         }
@@ -257,6 +261,7 @@ impl Gateway {
             *routes = Arc::new(Routes::new(rest));
             found
         };
+        found.mark_retired();
         found.shutdown().await;
         true
     }
@@ -417,9 +422,9 @@ impl Gateway {
     }
 
     /// Asks the backend to load the functions again.
-    pub async fn reload(self: &Arc<Self>) -> Result<api::Reloaded, String> {
+    pub async fn reload(self: &Arc<Self>, verify: bool) -> Result<api::Reloaded, String> {
         match self.backend() {
-            Some(b) => b.reload(self).await,
+            Some(b) => b.reload(self, verify).await,
             None => Err("the gateway has no backend".into()),
         }
     }

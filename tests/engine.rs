@@ -257,7 +257,11 @@ impl Backend for FakeBackend {
     fn trouble(&self) -> Option<String> {
         None
     }
-    fn reload<'a>(&'a self, _: &'a Arc<Gateway>) -> BoxFuture<'a, Result<Reloaded, String>> {
+    fn reload<'a>(
+        &'a self,
+        _: &'a Arc<Gateway>,
+        _: bool,
+    ) -> BoxFuture<'a, Result<Reloaded, String>> {
         Box::pin(async { Ok(Reloaded::default()) })
     }
     fn start(

@@ -613,7 +613,10 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
     let (code, out, err) = run(&["deploy"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.contains("reloaded the local platform") && out.contains("changed [greet]"),
+        out.contains("rolled the repo out on the local platform")
+            && out
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["changed", "greet"]),
         "{out}"
     );
     let (_, out, _) = run(&["invoke", "greet"]);

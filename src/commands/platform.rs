@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::{load, repo_root, Outcome};
 use crate::cli::{GatewayArgs, LogFormat};
 use crate::deploy::local as target;
-use crate::gateway::api::{FunctionInfo, Reloaded};
+use crate::gateway::api::{FunctionInfo, Reloaded, RolloutFailure};
 use crate::gateway::client::AdminClient;
 use crate::gateway::{self, Gateway, GatewayConfig};
 use crate::runtime::pool::PoolState;
@@ -62,7 +62,12 @@ pub fn up(
         if reaped > 0 {
             writeln!(out, "stopped {reaped} replica process group(s) left by a gateway of this repo that did not exit cleanly")?;
         }
-        gateway::local::LocalBackend::attach(&gw, &repo, &root, &state_dir)?;
+        // Serving starts at once: a function at zero is first started by its first call
+        // (a deploy to a running platform starts it once before switching it).
+        let (_, loaded) = gateway::local::LocalBackend::attach(&gw, &repo, &root, &state_dir, false).await?;
+        for failed in &loaded.failed {
+            write_failure(out, failed)?;
+        }
         let url = gw.url();
         std::fs::write(state_dir.join(target::URL_FILE), format!("{url}\n")).context("failed to write .cubeflash/gateway.url")?;
         writeln!(out, "cubeflash gateway listening on {url}")?;
@@ -135,31 +140,155 @@ pub(super) fn token(root: &Path) -> Result<String> {
     )
 }
 
-/// `cubeflash deploy` to the local target.
-pub fn deploy(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
+/// What `deploy` to the local target may do besides reloading.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployOptions {
+    /// Start a function at zero once before switching it to a new version.
+    pub verify: bool,
+    /// Re-render a stale generated/ first.
+    pub render: bool,
+}
+
+/// `cubeflash deploy` to the local target: starts the platform or rolls the repo out on
+/// it; a line per function; exit code 1 when any function's new version did not start.
+pub fn deploy(
+    out: &mut impl Write,
+    dir: Option<PathBuf>,
+    options: DeployOptions,
+) -> Result<Outcome> {
     let root = repo_root(dir)?;
-    load(&root)?;
+    let repo = load(&root)?;
+    check_generated(out, &root, &repo, options.render)?;
     let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
     let rt = runtime()?;
     rt.block_on(async {
         let running = target::running_pid(&root).and(target::recorded_url(&root));
-        let url = match running {
+        let (url, report) = match running {
             Some(url) => {
-                let summary = target::reload(&own_gateway(&root, &url, Some(token(&root)?)).await?).await?;
-                writeln!(out, "reloaded the local platform at {url}: {}", brief(&summary))?;
-                url
+                let client = own_gateway(&root, &url, Some(token(&root)?)).await?;
+                let report = target::reload(&client, options.verify).await?;
+                writeln!(out, "rolled the repo out on the local platform at {url}")?;
+                (url, Some(report))
             }
             None => {
                 let url = target::start_background(&root, &exe).await?;
                 writeln!(out, "started the local platform at {url} (log: .cubeflash/gateway.log, stop: cubeflash down)")?;
-                url
+                (url, None)
             }
         };
         let client = AdminClient::new(&url, Some(token(&root)?));
         let functions = wait_ready(&client).await?;
+        let failed = match &report {
+            Some(report) => {
+                write_report(out, report)?;
+                !report.failed.is_empty()
+            }
+            None => false,
+        };
         print_urls(out, &url, &functions)?;
+        let failing: Vec<&str> = functions
+            .iter()
+            .filter(|f| f.failed.is_some())
+            .map(|f| f.name.as_str())
+            .collect();
+        let reported = |name: &str| report.iter().any(|r| r.failed.iter().any(|f| f.name == name));
+        for name in failing.iter().filter(|n| !reported(n)) {
+            if let Ok(logs) = client.logs(name, 200).await {
+                let mut lines = gateway::local::first_attempt(&logs.lines, name);
+                if lines.is_empty() {
+                    lines = gateway::local::first_attempt(&logs.lines, &format!("{name}-baseline"));
+                }
+                writeln!(out, "  {:<10} {name}: its first start wrote:", "failed")?;
+                for line in lines {
+                    writeln!(out, "  {:<10} | {line}", "")?;
+                }
+            }
+        }
+        if failed || !failing.is_empty() {
+            out.flush()?;
+            let mut names: Vec<&str> = report.iter().flat_map(|r| r.failed.iter().map(|f| f.name.as_str())).chain(failing).collect();
+            names.sort();
+            names.dedup();
+            eprintln!(
+                "cubeflash: {} did not start (see above, and `cubeflash logs NAME`)",
+                names.join(", ")
+            );
+            return Ok(Outcome::Failed);
+        }
         Ok(Outcome::Success)
     })
+}
+
+/// The local platform runs functions/ itself, not generated/; a stale generated/ is still
+/// what a reviewer reads, so say so (or render it, when asked).
+fn check_generated(
+    out: &mut impl Write,
+    root: &Path,
+    repo: &crate::spec::Repo,
+    render: bool,
+) -> Result<()> {
+    let rendered = crate::render::render(repo)?;
+    let diffs = crate::render::output::diff(root, &rendered)?;
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    let files = diffs
+        .iter()
+        .map(|d| d.path.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if render {
+        crate::render::output::write_atomically(root, &rendered)?;
+        writeln!(
+            out,
+            "re-rendered generated/ ({files}); review and commit it"
+        )?;
+    } else {
+        out.flush()?;
+        eprintln!(
+            "warning: generated/ is out of date ({files}): the local platform runs functions/ as it is, but a reviewer reads generated/; run `cubeflash render` (or `cubeflash deploy --render`) and commit it"
+        );
+    }
+    Ok(())
+}
+
+/// A line per function: what the rollout did with it.
+fn write_report(out: &mut impl Write, report: &Reloaded) -> Result<()> {
+    let mut rows: Vec<(&str, &str)> = Vec::new();
+    for (word, names) in [
+        ("added", &report.added),
+        ("changed", &report.changed),
+        ("unchanged", &report.unchanged),
+        ("removed", &report.removed),
+    ] {
+        rows.extend(names.iter().map(|n| (word, n.as_str())));
+    }
+    rows.sort_by_key(|(_, n)| *n);
+    for (word, name) in rows {
+        writeln!(out, "  {word:<10} {name}")?;
+    }
+    for failed in &report.failed {
+        write_failure(out, failed)?;
+    }
+    Ok(())
+}
+
+/// `failed` and why, with the first lines the new version wrote.
+fn write_failure(out: &mut impl Write, failed: &RolloutFailure) -> Result<()> {
+    let kept = if failed.kept_previous {
+        "; the previous version keeps serving"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "  {:<10} {}: {}{kept}",
+        "failed", failed.name, failed.reason
+    )?;
+    for line in &failed.output {
+        writeln!(out, "  {:<10} | {line}", "")?;
+    }
+    Ok(())
 }
 
 /// Waits (30 s at most) until every always-on replica (baseline and `scale.min`) is ready,
@@ -188,18 +317,6 @@ pub(super) async fn wait_ready(client: &AdminClient) -> Result<Vec<FunctionInfo>
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn brief(summary: &Reloaded) -> String {
-    [
-        ("added", &summary.added),
-        ("changed", &summary.changed),
-        ("removed", &summary.removed),
-    ]
-    .iter()
-    .map(|(k, names)| format!("{k} [{}]", names.join(", ")))
-    .collect::<Vec<_>>()
-    .join(", ")
 }
 
 fn print_urls(out: &mut impl Write, url: &str, functions: &[FunctionInfo]) -> Result<()> {

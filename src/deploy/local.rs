@@ -184,8 +184,11 @@ pub async fn start_background(root: &Path, exe: &Path) -> Result<String, LocalDe
 }
 
 /// Asks the running gateway to reload the repo; returns what changed.
-pub async fn reload(client: &AdminClient) -> Result<Reloaded, LocalDeployError> {
-    client.reload().await.map_err(LocalDeployError::Reload)
+pub async fn reload(client: &AdminClient, verify: bool) -> Result<Reloaded, LocalDeployError> {
+    client
+        .reload(verify)
+        .await
+        .map_err(LocalDeployError::Reload)
 }
 
 /// Stops what a gateway of this repo that was killed left running; returns how many

@@ -158,7 +158,7 @@ impl Gateway {
                     ),
                 }
             }
-            (Method::POST, ["reload"]) => match self.reload().await {
+            (Method::POST, ["reload"]) => match self.reload(query != "verify=false").await {
                 Ok(summary) => json_response(StatusCode::OK, &summary),
                 Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &e, None),
             },

@@ -87,10 +87,28 @@ pub struct Logs {
     pub lines: Vec<String>,
 }
 
-/// POST /system/reload: what changed.
+/// POST /system/reload[?verify=false]: what changed. A function in `failed` was not switched
+/// over: its new version did not become ready, and the version before it (if any) still
+/// serves.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reloaded {
     pub added: Vec<String>,
     pub changed: Vec<String>,
+    #[serde(default)]
+    pub unchanged: Vec<String>,
     pub removed: Vec<String>,
+    #[serde(default)]
+    pub failed: Vec<RolloutFailure>,
+}
+
+/// A new version that did not become ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutFailure {
+    pub name: String,
+    /// What went wrong, in a sentence.
+    pub reason: String,
+    /// Whether an earlier version still serves.
+    pub kept_previous: bool,
+    /// The first lines the new version wrote, one per entry.
+    pub output: Vec<String>,
 }

@@ -25,6 +25,9 @@ pub enum ClientError {
         status: StatusCode,
         message: String,
     },
+    /// No such function (or route): the gateway's message says which, and what is near.
+    #[error("{message}")]
+    NotFound { status: StatusCode, message: String },
     /// The answer is not what this version of cubeflash expects.
     #[error("the gateway at {url} answered {path} with something this cubeflash cannot read: is it another version?")]
     Decode {
@@ -39,11 +42,17 @@ impl ClientError {
     /// The HTTP status the gateway refused with, if it did.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Self::Refused { status, .. } => Some(*status),
+            Self::Refused { status, .. } | Self::NotFound { status, .. } => Some(*status),
             _ => None,
         }
     }
 }
+
+/// How long an admin call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A reload waits for every changed function's new replicas (each up to its readiness
+/// deadline and crash-loop rule).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -55,7 +64,6 @@ pub struct AdminClient {
 impl AdminClient {
     pub fn new(base: &str, token: Option<String>) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
             .build()
             .expect("an HTTP client builds");
         Self {
@@ -75,7 +83,20 @@ impl AdminClient {
         path: &str,
         body: Option<&impl serde::Serialize>,
     ) -> Result<T, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        self.call_with(method, path, body, CALL_TIMEOUT).await
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -91,10 +112,13 @@ impl AdminClient {
             })?;
         let status = resp.status();
         if !status.is_success() && status != StatusCode::SERVICE_UNAVAILABLE {
-            let message = match resp.json::<ErrorBody>().await {
-                Ok(e) => e.error,
-                Err(_) => "no detail".into(),
+            let (message, function) = match resp.json::<ErrorBody>().await {
+                Ok(e) => (e.error, e.function),
+                Err(_) => ("no detail".into(), None),
             };
+            if status == StatusCode::NOT_FOUND && function.is_some() {
+                return Err(ClientError::NotFound { status, message });
+            }
             return Err(ClientError::Refused {
                 url: self.base.clone(),
                 status,
@@ -165,6 +189,7 @@ impl AdminClient {
         };
         self.http
             .get(url)
+            .timeout(CALL_TIMEOUT)
             .send()
             .await
             .map_err(unreachable)?
@@ -173,7 +198,15 @@ impl AdminClient {
             .map_err(unreachable)
     }
 
-    pub async fn reload(&self) -> Result<Reloaded, ClientError> {
-        self.call(Method::POST, "/system/reload", None::<&()>).await
+    /// Reloads the repo; `verify` starts a function at zero once before switching it.
+    /// Waits as long as a rollout may take.
+    pub async fn reload(&self, verify: bool) -> Result<Reloaded, ClientError> {
+        let path = if verify {
+            "/system/reload"
+        } else {
+            "/system/reload?verify=false"
+        };
+        self.call_with(Method::POST, path, None::<&()>, RELOAD_TIMEOUT)
+            .await
     }
 }

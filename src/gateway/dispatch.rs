@@ -49,6 +49,13 @@ impl Reject {
 }
 
 /// A replica to send to, and how long the request waited for it.
+/// Why `acquire_from` gave no slot.
+enum Waited {
+    Refused(Reject),
+    /// The function was replaced by a reload: wait on its successor.
+    Retired,
+}
+
 struct Lease {
     slot: Slot,
     waited: Option<Duration>,
@@ -223,6 +230,10 @@ impl Gateway {
         let timeout = f.entry.timeout.value;
         let deadline = tokio::time::Instant::now() + f.entry.scale.cold_start_timeout.value;
         let mut retried = false;
+        // The version being served: a request waiting for a replica when a new version
+        // takes over moves to it.
+        let mut current = f.clone();
+        let f = &mut current;
         loop {
             let lease = self.acquire(f, deadline).await?;
             let inflight = f.enter();
@@ -394,12 +405,38 @@ impl Gateway {
     }
 
     /// A replica slot for `f`: at once if a replica is ready and below its cap, else after
-    /// waiting in the function's bounded queue (until `deadline`) while one starts.
+    /// waiting in the function's bounded queue (until `deadline`) while one starts. When a
+    /// reload retires `f` meanwhile, waits on its successor instead (and `f` becomes it).
     async fn acquire(
+        &self,
+        f: &mut Arc<FunctionState>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, Reject> {
+        loop {
+            match self.acquire_from(f, deadline).await {
+                Ok(lease) => return Ok(lease),
+                Err(Waited::Refused(r)) => return Err(r),
+                Err(Waited::Retired) => {
+                    let successor = self.routes().by_name.get(f.name()).cloned();
+                    match successor {
+                        Some(next) if !Arc::ptr_eq(&next, f) => *f = next,
+                        _ => {
+                            return Err(Reject::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the function was removed while the request waited for a replica",
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn acquire_from(
         &self,
         f: &FunctionState,
         deadline: tokio::time::Instant,
-    ) -> Result<Lease, Reject> {
+    ) -> Result<Lease, Waited> {
         let pool = &f.serverless;
         let limit = f.entry.scale.limit;
         if let Some(slot) = pool.acquire(limit) {
@@ -415,16 +452,16 @@ impl Gateway {
             log: pool.log_tail(20),
         };
         if let Some(why) = pool.failure() {
-            return Err(failed(why));
+            return Err(Waited::Refused(failed(why)));
         }
         let Some(_queued) = f.wait_in_queue(self.config.queue_size) else {
-            return Err(Reject::new(
+            return Err(Waited::Refused(Reject::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "{} requests are already waiting for a replica of this function; retry shortly",
                     self.config.queue_size
                 ),
-            ));
+            )));
         };
         let cold = pool.ready_count() == 0;
         let waited_from = Instant::now();
@@ -441,7 +478,10 @@ impl Gateway {
                 });
             }
             if let Some(why) = pool.failure() {
-                return Err(failed(why));
+                return Err(Waited::Refused(failed(why)));
+            }
+            if f.is_retired() {
+                return Err(Waited::Retired);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let cause = pool
@@ -449,13 +489,13 @@ impl Gateway {
                     .or_else(|| self.backend().and_then(|b| b.trouble()))
                     .map(|t| format!(": {t}"))
                     .unwrap_or_else(|| format!("; see `cubeflash logs {}`", f.name()));
-                return Err(Reject::new(
+                return Err(Waited::Refused(Reject::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
                         "no replica was ready within scale.coldStartTimeout ({}){cause}",
                         f.entry.scale.cold_start_timeout.text
                     ),
-                ));
+                )));
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct FunctionState {
     metrics: Arc<Metrics>,
     /// This function's hot-path metrics, looked up once instead of per request.
     pub hot: HotMetrics,
+    /// Replaced by a reload: requests waiting for one of its replicas move to the successor.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// Per-function metric handles used on every request.
@@ -92,6 +94,7 @@ impl FunctionState {
             cold_start_began: Mutex::new(None),
             hot,
             metrics,
+            retired: Default::default(),
         })
     }
 
@@ -137,6 +140,16 @@ impl FunctionState {
         if let (Some(b), Some(pool)) = (&self.entry.baseline, &self.baseline) {
             pool.scale_to(b.replicas, true);
         }
+    }
+
+    /// Marks this version replaced and wakes the requests waiting for its replicas.
+    pub fn mark_retired(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.serverless.waiters().wake();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     pub fn touch(&self) {

@@ -335,7 +335,11 @@ impl Backend for KubeBackend {
         (!all.is_empty()).then(|| all.join("; "))
     }
 
-    fn reload<'a>(&'a self, gateway: &'a Arc<Gateway>) -> BoxFuture<'a, Result<Reloaded, String>> {
+    fn reload<'a>(
+        &'a self,
+        gateway: &'a Arc<Gateway>,
+        _verify: bool,
+    ) -> BoxFuture<'a, Result<Reloaded, String>> {
         Box::pin(async move {
             let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
             let cm = cms.get(&self.routes_configmap).await.map_err(|e| {

@@ -19,7 +19,7 @@ use crate::runtime::pool::ReplicaPool;
 use crate::runtime::replicas::{ProbeClient, ReplicaSet};
 use crate::spec::{self, Function, Repo};
 
-use super::api::Reloaded;
+use super::api::{Reloaded, RolloutFailure};
 use super::function::FunctionState;
 use super::table::RouteEntry;
 use super::{Backend, Gateway, GatewayError};
@@ -32,6 +32,10 @@ pub struct LocalBackend {
     probe: ProbeClient,
     /// What each running function was loaded from, to tell what a reload changes.
     loaded: Mutex<HashMap<String, Function>>,
+    /// Held for a whole reload: two deploys at once roll out one after the other.
+    reloading: tokio::sync::Mutex<()>,
+    /// The code copy (`local::snapshot`) each serving version runs from.
+    dirs: Arc<Mutex<HashMap<String, PathBuf>>>,
 }
 
 /// How long in-flight requests may take to finish before a replica is stopped anyway.
@@ -40,14 +44,16 @@ fn drain_grace(f: &Function) -> Duration {
 }
 
 impl LocalBackend {
-    /// Builds the backend for the repo at `root` and installs its functions in `gateway`.
-    /// Call inside the runtime that will supervise the replicas.
-    pub fn attach(
+    /// Builds the backend for the repo at `root` and installs its functions in `gateway`
+    /// (with `verify`, each is started once first; see `load`). Call inside the runtime
+    /// that will supervise the replicas.
+    pub async fn attach(
         gateway: &Arc<Gateway>,
         repo: &Repo,
         root: &Path,
         state_dir: &Path,
-    ) -> Result<Arc<Self>, GatewayError> {
+        verify: bool,
+    ) -> Result<(Arc<Self>, Reloaded), GatewayError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -60,18 +66,25 @@ impl LocalBackend {
             runtimes: Runtimes::new(state_dir)?,
             probe,
             loaded: Mutex::default(),
+            reloading: tokio::sync::Mutex::new(()),
+            dirs: Arc::default(),
         });
+        // A fresh start: no replica of an earlier gateway runs from these any more.
+        let _ = std::fs::remove_dir_all(state_dir.join(local::VERSIONS_DIR));
         gateway.set_backend(backend.clone());
-        backend.load(gateway, repo)?;
-        Ok(backend)
+        let report = backend.load(gateway, repo, verify).await?;
+        Ok((backend, report))
     }
 
+    /// A new version of `f`, not yet serving, that runs from `dir` (its `local::snapshot`).
     fn function_state(
         &self,
         gateway: &Gateway,
         f: &Function,
+        dir: PathBuf,
     ) -> Result<Arc<FunctionState>, GatewayError> {
-        let spec = local::process_spec(&self.root, &self.runtimes, f)?;
+        let mut spec = local::process_spec(&self.root, &self.runtimes, f)?;
+        spec.dir = dir;
         let logs = Arc::new(LogBuffer::with_file(&local::log_path(
             &self.state_dir,
             &f.spec.name,
@@ -99,26 +112,105 @@ impl LocalBackend {
         ))
     }
 
-    /// Serves `repo`'s functions: unchanged ones keep their replicas, changed ones get new
-    /// replicas before the old ones drain, removed ones stop.
-    fn load(&self, gateway: &Gateway, repo: &Repo) -> Result<Reloaded, GatewayError> {
+    /// Serves `repo`'s functions. Unchanged ones keep their replicas; a changed or added
+    /// one is rolled out (`roll_out`) and switched over only once its new replicas are
+    /// ready, so a version that does not start leaves the one before it serving; removed
+    /// ones stop. One reload at a time.
+    async fn load(
+        &self,
+        gateway: &Gateway,
+        repo: &Repo,
+        verify: bool,
+    ) -> Result<Reloaded, GatewayError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let current = gateway.routes();
-        let mut loaded = self.loaded.lock().expect("loaded lock");
+        let loaded = self.loaded.lock().expect("loaded lock").clone();
         let mut report = Reloaded::default();
-        let mut next = Vec::new();
+        let mut steps = Vec::new();
         for f in &repo.functions {
             let name = &f.spec.name;
-            match (loaded.get(name), current.by_name.get(name)) {
-                (Some(old), Some(state)) if same_function(old, f) => next.push(state.clone()),
-                (Some(_), Some(_)) => {
-                    report.changed.push(name.clone());
-                    next.push(self.function_state(gateway, f)?);
+            let step = match (loaded.get(name), current.by_name.get(name)) {
+                (Some(old), Some(state)) if same_function(old, f) => {
+                    report.unchanged.push(name.clone());
+                    Step::Keep(state.clone())
                 }
-                _ => {
-                    report.added.push(name.clone());
-                    next.push(self.function_state(gateway, f)?);
+                (_, old) => {
+                    let dir = local::snapshot(&self.state_dir, &self.root, f)?;
+                    Step::Roll {
+                        old: old.cloned(),
+                        new: self.function_state(gateway, f, dir.clone())?,
+                        dir,
+                    }
+                }
+            };
+            steps.push((f, step));
+        }
+        let outcomes = futures::future::join_all(steps.iter().map(|(_, step)| async move {
+            match step {
+                Step::Keep(_) => Ok(()),
+                Step::Roll { old, new, .. } => roll_out(old.as_deref(), new, verify).await,
+            }
+        }))
+        .await;
+        let mut next = Vec::new();
+        let mut now_loaded = HashMap::new();
+        let mut dirs = self.dirs.lock().expect("dirs lock").clone();
+        for ((f, step), outcome) in steps.into_iter().zip(outcomes) {
+            let name = f.spec.name.clone();
+            let mut source = f.clone();
+            // Paths in a failure's output as the user knows them: functions/NAME/...
+            let outcome = outcome.map_err(|mut failure| {
+                if let Step::Roll { dir, .. } = &step {
+                    let (copy, real) = (dir.display().to_string(), self.root.join(&f.rel_dir));
+                    let real = real.display().to_string();
+                    for line in &mut failure.output {
+                        *line = line.replace(&copy, &real);
+                    }
+                }
+                failure
+            });
+            match (step, outcome) {
+                (Step::Keep(state), _) => next.push(state),
+                (Step::Roll { old, new, dir }, Ok(())) => {
+                    dirs.insert(name.clone(), dir);
+                    match old {
+                        Some(_) => report.changed.push(name.clone()),
+                        None => report.added.push(name.clone()),
+                    }
+                    next.push(new);
+                }
+                (
+                    Step::Roll {
+                        old: Some(old),
+                        new,
+                        ..
+                    },
+                    Err(failure),
+                ) => {
+                    tracing::warn!(function = %name, reason = %failure.reason, "the new version did not start; the previous one keeps serving");
+                    new.shutdown().await;
+                    report.failed.push(failure);
+                    next.push(old);
+                    if let Some(before) = loaded.get(&name) {
+                        source = before.clone();
+                    }
+                }
+                (
+                    Step::Roll {
+                        old: None,
+                        new,
+                        dir,
+                    },
+                    Err(failure),
+                ) => {
+                    // Nothing to keep: it is served as failed, and retries on its own.
+                    dirs.insert(name.clone(), dir);
+                    tracing::warn!(function = %name, reason = %failure.reason, "the function did not start");
+                    report.failed.push(failure);
+                    next.push(new);
                 }
             }
+            now_loaded.insert(name, source);
         }
         report.removed = current
             .functions()
@@ -141,14 +233,167 @@ impl LocalBackend {
         self.runtimes
             .warm(repo.functions.iter().map(|f| f.spec.runtime));
         gateway.install(next);
-        *loaded = repo
-            .functions
-            .iter()
-            .map(|f| (f.spec.name.clone(), f.clone()))
-            .collect();
-        tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, "functions loaded");
+        *self.loaded.lock().expect("loaded lock") = now_loaded;
+        dirs.retain(|name, _| repo.functions.iter().any(|f| &f.spec.name == name));
+        *self.dirs.lock().expect("dirs lock") = dirs;
+        self.collect_versions(repo);
+        tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, failed = ?report.failed.iter().map(|f| &f.name).collect::<Vec<_>>(), "functions loaded");
         Ok(report)
     }
+
+    /// Removes the code copies no serving version runs from, once the versions they
+    /// replaced have drained (their longest drain grace, plus the stop grace).
+    fn collect_versions(&self, repo: &Repo) {
+        let wait = repo
+            .functions
+            .iter()
+            .map(drain_grace)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(10);
+        let dirs = self.dirs.clone();
+        let versions = self.state_dir.join(local::VERSIONS_DIR);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Ok(entries) = std::fs::read_dir(&versions) else {
+                return;
+            };
+            let in_use: Vec<PathBuf> = dirs.lock().expect("dirs lock").values().cloned().collect();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                if !in_use.contains(&path) && !name.to_string_lossy().starts_with('.') {
+                    if let Err(e) = std::fs::remove_dir_all(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "could not remove an unused code copy");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What a reload does with one function.
+enum Step {
+    Keep(Arc<FunctionState>),
+    Roll {
+        old: Option<Arc<FunctionState>>,
+        new: Arc<FunctionState>,
+        /// The code copy it runs from.
+        dir: PathBuf,
+    },
+}
+
+/// How long a new version may take to have its replicas ready.
+const ROLLOUT_DEADLINE: Duration = Duration::from_secs(75);
+
+/// Starts `new` (not yet serving) with as many replicas as `old` runs (at least
+/// `scale.min`; with `verify`, at least one, stopped again once ready) and its baseline, and
+/// waits until they are ready. Err when they crash-loop or take longer than
+/// `ROLLOUT_DEADLINE`.
+async fn roll_out(
+    old: Option<&FunctionState>,
+    new: &FunctionState,
+    verify: bool,
+) -> Result<(), RolloutFailure> {
+    let scale = &new.entry.scale;
+    let running = old.map_or(0, |o| o.serverless.wanted());
+    let target = running.max(scale.min).min(scale.max.max(scale.min));
+    let warm = if verify { target.max(1) } else { target };
+    let baseline = new
+        .entry
+        .baseline
+        .as_ref()
+        .zip(new.baseline.as_ref())
+        .map(|(b, pool)| (pool, b.replicas));
+    if warm == 0 && baseline.is_none() {
+        return Ok(());
+    }
+    new.serverless.scale_to(warm, true);
+    if let Some((pool, n)) = baseline {
+        pool.scale_to(n, true);
+    }
+    let pools: Vec<(&Arc<dyn ReplicaPool>, u32)> = std::iter::once((&new.serverless, warm))
+        .chain(baseline)
+        .collect();
+    let deadline = std::time::Instant::now() + ROLLOUT_DEADLINE;
+    loop {
+        if pools.iter().any(|(p, _)| p.failure().is_some()) {
+            return Err(failure(new, old.is_some(), None));
+        }
+        if pools.iter().all(|(p, n)| p.ready_count() >= *n) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(failure(
+                new,
+                old.is_some(),
+                Some(format!(
+                    "its replicas were not ready within {}s",
+                    ROLLOUT_DEADLINE.as_secs()
+                )),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if warm > target {
+        new.serverless.scale_to(target, false);
+    }
+    Ok(())
+}
+
+/// Why `new` did not start, from its own log: what cubeflash noted about the replicas of
+/// the pool that failed (unless `why` says), and the output of its first attempt.
+fn failure(new: &FunctionState, kept_previous: bool, why: Option<String>) -> RolloutFailure {
+    let lines = new
+        .serverless
+        .log_tail(crate::runtime::local::LOG_LINES)
+        .unwrap_or_default();
+    let pool = match new.serverless.failure() {
+        None if new.baseline.as_ref().is_some_and(|b| b.failure().is_some()) => {
+            format!("{}-baseline", new.name())
+        }
+        _ => new.name().to_string(),
+    };
+    let mine = format!("[{pool}#");
+    let noted = |l: &str| l.starts_with(&mine) && l.contains("] cubeflash: replica ");
+    let attempts = lines.iter().filter(|l| noted(l)).count();
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| noted(l))
+        .and_then(|l| l.split_once("] cubeflash: replica "))
+        .map(|(_, what)| what.to_string());
+    let reason = why.unwrap_or_else(|| match last {
+        Some(what) if attempts > 1 => {
+            format!("{pool} failed to start {attempts} times in a row; the last time it {what}")
+        }
+        Some(what) => format!("{pool} failed to start: it {what}"),
+        None => format!("{pool} failed to start"),
+    });
+    let output = first_attempt(&lines, &pool);
+    RolloutFailure {
+        name: new.name().to_string(),
+        reason,
+        kept_previous,
+        output,
+    }
+}
+
+/// Lines of a failed version's output a reload reports.
+const OUTPUT_LINES: usize = 20;
+
+/// What the first replica of `pool` (a function, or `NAME-baseline`) wrote before cubeflash
+/// noted how it ended, without the `[pool#1] ` prefix: the output of one failed start, not
+/// five copies of it.
+pub fn first_attempt(lines: &[String], pool: &str) -> Vec<String> {
+    let first = format!("[{pool}#1] ");
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&first))
+        .take_while(|l| !l.starts_with("cubeflash: replica "))
+        .take(OUTPUT_LINES)
+        .map(str::to_string)
+        .collect()
 }
 
 /// Same spec (ignoring where keys were written) and same code.
@@ -174,11 +419,16 @@ impl Backend for LocalBackend {
         None
     }
 
-    fn reload<'a>(&'a self, gateway: &'a Arc<Gateway>) -> BoxFuture<'a, Result<Reloaded, String>> {
+    fn reload<'a>(
+        &'a self,
+        gateway: &'a Arc<Gateway>,
+        verify: bool,
+    ) -> BoxFuture<'a, Result<Reloaded, String>> {
         Box::pin(async move {
             let repo =
                 spec::load(&self.root).map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
-            self.load(gateway, &repo)
+            self.load(gateway, &repo, verify)
+                .await
                 .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
         })
     }

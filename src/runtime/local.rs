@@ -64,6 +64,14 @@ pub enum LocalError {
     /// The gateway runs as root and replicas as an unprivileged user who cannot read the code.
     #[error("{} is not readable by the user {user}, whom replicas run as because the gateway runs as root: make the repo readable by others (chmod o+rX on it and on every folder above it), run the gateway as an ordinary user, or set CUBEFLASH_REPLICA_USER to a user who can read it", dir.display())]
     Unreadable { dir: PathBuf, user: String },
+    /// A version's copy of its code could not be written.
+    #[error("failed to write the copy of {function}'s code that its replicas run from, {}", path.display())]
+    Snapshot {
+        function: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// No interpreter the replica user can run.
     #[error("no {program} that the user {user} can run: {found} is in a folder that user cannot enter; install {program} system-wide (e.g. `apt-get install {program}`) or set CUBEFLASH_REPLICA_USER")]
     NoInterpreter {
@@ -239,6 +247,85 @@ pub fn process_spec(
         pool,
         sandbox: runtimes.sandbox.clone(),
     })
+}
+
+/// Where the versions' code copies live, under the state dir.
+pub const VERSIONS_DIR: &str = "versions";
+
+/// The folder a version of `f` runs from: a copy of its code as it was loaded, named by
+/// its content, so a version that is kept serving after a failed deploy never runs files
+/// edited since (a new replica of it reads the copy, not functions/). Written once, into a
+/// temporary folder renamed into place; file modes (an exec program's x bit) come from
+/// functions/; a `node_modules/` there is linked, not copied.
+pub fn snapshot(state_dir: &Path, root: &Path, f: &Function) -> Result<PathBuf, LocalError> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for file in &f.files {
+        hash.update((file.path.len() as u64).to_le_bytes());
+        hash.update(file.path.as_bytes());
+        hash.update((file.bytes.len() as u64).to_le_bytes());
+        hash.update(&file.bytes);
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let versions = state_dir.join(VERSIONS_DIR);
+    let dir = versions.join(format!("{}-{hex}", f.spec.name));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        let function = f.spec.name.clone();
+        move |source| LocalError::Snapshot {
+            function,
+            path,
+            source,
+        }
+    };
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::create_dir_all(&versions).map_err(fail(&versions))?;
+    std::fs::set_permissions(&versions, open.clone()).map_err(fail(&versions))?;
+    let tmp = versions.join(format!(".{}-{hex}.{}", f.spec.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let source = root.join(&f.rel_dir);
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir(&tmp)?;
+        std::fs::set_permissions(&tmp, open.clone())?;
+        for file in &f.files {
+            let to = tmp.join(&file.path);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+                std::fs::set_permissions(parent, open.clone())?;
+            }
+            std::fs::write(&to, &file.bytes)?;
+            let mode = std::fs::metadata(source.join(&file.path))
+                .map(|m| m.permissions().mode() & 0o755)
+                .unwrap_or(0o644)
+                | 0o444;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+        }
+        let modules = source.join("node_modules");
+        if modules.is_dir() {
+            std::os::unix::fs::symlink(&modules, tmp.join("node_modules"))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(fail(&dir)(e));
+    }
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(dir),
+        // Another gateway of this repo wrote the same content first.
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(fail(&dir)(e))
+        }
+    }
 }
 
 /// `resolved` if the replica user can run it, else the first system-wide interpreter that

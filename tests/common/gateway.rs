@@ -72,7 +72,9 @@ impl TestGateway {
                 .unwrap();
             rt.block_on(async move {
                 let gw: Arc<Gateway> = Gateway::new(config);
-                LocalBackend::attach(&gw, &repo, &dir, &dir.join(".cubeflash")).unwrap();
+                LocalBackend::attach(&gw, &repo, &dir, &dir.join(".cubeflash"), false)
+                    .await
+                    .unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 url_tx
                     .send(format!("http://{}", listener.local_addr().unwrap()))

@@ -211,7 +211,17 @@ process.on("unhandledRejection", (err) => {
   console.error("cubeflash: unhandled rejection:", err && err.stack ? err.stack : err);
 });
 
+// The handler's own frames and the error, none of node's loader or the shim's.
+function userStack(err) {
+  const text = err && err.stack ? String(err.stack) : String(err);
+  return text
+    .split("\n")
+    .filter((line) => !/^\s+at /.test(line) || !(line.includes("node:internal") || line.includes(__filename)))
+    .join("\n")
+    .replace(/\n+$/, "");
+}
+
 main().catch((err) => {
-  console.error(`cubeflash: cannot load handler: ${err && err.stack ? err.stack : err}`);
+  console.error(`cubeflash: cannot load handler: ${userStack(err)}`);
   process.exit(1);
 });

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -50,6 +51,23 @@ class Request:
         return getattr(self, key, default)
 
 
+def report_load_error(err, file):
+    """The handler failed to import: its own frames and the error, none of the shim's."""
+    if isinstance(err, SyntaxError):
+        lines = traceback.format_exception_only(type(err), err)
+    else:
+        shim = os.path.abspath(__file__)
+        frames = [
+            f for f in traceback.extract_tb(err.__traceback__)
+            if os.path.abspath(f.filename) != shim and not f.filename.startswith("<frozen")
+        ]
+        lines = ["Traceback (most recent call last):\n"]
+        lines += traceback.format_list(frames)
+        lines += traceback.format_exception_only(type(err), err)
+    sys.stderr.write(f"cubeflash: cannot load {file}:\n" + "".join(lines))
+    sys.stderr.flush()
+
+
 def load_handler(spec):
     file, _, name = spec.partition(":")
     name = name or "handle"
@@ -60,7 +78,12 @@ def load_handler(spec):
         raise SystemExit(f"cubeflash: cannot load handler file {file}")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules["handler"] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException as err:  # noqa: BLE001 - reported, then the replica exits
+        report_load_error(err, file)
+        code = err.code if isinstance(err, SystemExit) else 1
+        os._exit(code if isinstance(code, int) else 1)
     fn = getattr(module, name, None)
     if not callable(fn):
         raise SystemExit(f"cubeflash: {file} defines no function {name}(req)")
