@@ -183,6 +183,17 @@ pub(crate) fn load(root: &Path) -> Result<spec::Repo> {
     Ok(spec::load(root)?)
 }
 
+/// `load`, then the checks that run the languages' compilers (`spec::handlers`; exec
+/// programs on PATH when the functions run `local`ly). Says on stderr what it could not
+/// check.
+pub(crate) fn load_checked(root: &Path, local: bool) -> Result<spec::Repo> {
+    let repo = load(root)?;
+    for note in spec::handlers::check(root, &repo, local)? {
+        eprintln!("note: {note}");
+    }
+    Ok(repo)
+}
+
 fn init(
     out: &mut impl Write,
     path: Option<PathBuf>,
@@ -271,6 +282,7 @@ fn new(
 fn validate(out: &mut impl Write, dir: Option<PathBuf>) -> Result<Outcome> {
     let root = repo_root(dir)?;
     let repo = load(&root)?;
+    let repo = load_checked(&root, repo.project.target == spec::Target::Local)?;
     let rendered = render::render(&repo)?;
     let names: Vec<&str> = repo
         .functions

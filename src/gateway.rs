@@ -155,14 +155,24 @@ pub fn json_error(
     message: &str,
     function: Option<&str>,
 ) -> Response<GatewayBody> {
-    let body = api::ErrorBody {
-        error: message.to_string(),
-        function: function.map(str::to_string),
-        log: None,
-    };
-    let mut resp = json_response(status, &body);
+    error_response(
+        status,
+        &api::ErrorBody {
+            error: message.to_string(),
+            function: function.map(str::to_string),
+            log: None,
+        },
+    )
+}
+
+/// An answer the gateway itself gives (not a function's), marked `X-Cubeflash-Origin:
+/// gateway` so a client (`cubeflash invoke`) can tell it from a function's own error.
+pub fn error_response(status: StatusCode, body: &api::ErrorBody) -> Response<GatewayBody> {
+    let mut resp = json_response(status, body);
+    let headers = resp.headers_mut();
+    headers.insert(proxy::ORIGIN, proxy::ORIGIN_GATEWAY);
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(
+        headers.insert(
             hyper::header::RETRY_AFTER,
             hyper::header::HeaderValue::from_static("1"),
         );
@@ -345,11 +355,7 @@ impl Gateway {
                     let forward = forward.to_string();
                     self.dispatch(f.clone(), req, &forward, client).await
                 }
-                None => json_error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no function named {name:?}; `cubeflash list` shows them"),
-                    Some(name),
-                ),
+                None => routes.no_such_function(name),
             };
         }
         if path.starts_with("/async-function/") || path == "/ui" || path.starts_with("/ui/") {

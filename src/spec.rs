@@ -5,6 +5,7 @@
 pub mod decode;
 pub mod diagnostic;
 pub mod function;
+pub mod handlers;
 pub mod project;
 pub mod repo;
 pub mod values;

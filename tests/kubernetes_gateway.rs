@@ -181,7 +181,10 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
         .send()
         .unwrap();
     assert_eq!(too_many.status(), 400);
-    assert!(too_many.text().unwrap().contains("from 0 to scale.max (2)"));
+    assert!(too_many
+        .text()
+        .unwrap()
+        .contains("a can run at most 2 replicas (its scale.max), not 99"));
     let scaled = admin(
         reqwest::Method::POST,
         "/system/functions/a/scale",

@@ -161,7 +161,10 @@ fn a_function_at_zero_is_started_once_before_it_is_switched() {
     ));
     deploy_ok(&p);
     // Never called: at zero. A broken new version is caught by starting it once.
-    p.write("functions/lazy/handler.py", "import sys\nsys.exit(3)\n");
+    p.write(
+        "functions/lazy/handler.py",
+        "import sys\nsys.exit(3)\n\ndef handle(req):\n    return 'v2'\n",
+    );
     let (code, out, _) = p.run(&["deploy"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("exit status: 3"), "{out}");
@@ -177,7 +180,10 @@ fn a_function_at_zero_is_started_once_before_it_is_switched() {
     let info: serde_json::Value = serde_json::from_str(&p.run(&["describe", "lazy"]).1).unwrap();
     assert_eq!(info["replicas"]["desired"], 0, "{info}");
     // --no-verify switches without starting it: the broken version is then what serves.
-    p.write("functions/lazy/handler.py", "import sys\nsys.exit(4)\n");
+    p.write(
+        "functions/lazy/handler.py",
+        "import sys\nsys.exit(4)\n\ndef handle(req):\n    return 'v3'\n",
+    );
     let (code, out, err) = p.run(&["deploy", "--no-verify"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(report_line(&out, "lazy").unwrap()[0], "changed", "{out}");
@@ -251,4 +257,114 @@ fn a_rollout_under_load_loses_no_request() {
     let (code, _, _) = p.run(&["down"]);
     assert_eq!(code, Some(0));
     assert_no_process_under(p.path());
+}
+
+#[test]
+fn the_cli_says_what_is_true() {
+    need("python3");
+    let p = Platform::new(common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            "functions/lazy/function.yaml",
+            "name: lazy\nruntime: python\nhandler: handler.py\n",
+        ),
+        (
+            "functions/lazy/handler.py",
+            "def handle(req):\n    return 'ok'\n",
+        ),
+        (
+            "functions/warm/function.yaml",
+            "name: warm\nruntime: python\nhandler: handler.py\nscale: { min: 1, max: 3 }\n",
+        ),
+        (
+            "functions/warm/handler.py",
+            "def handle(req):\n    return 'ok'\n",
+        ),
+        (
+            "functions/broken/function.yaml",
+            "name: broken\nruntime: python\nhandler: handler.py\nscale: { min: 1 }\n",
+        ),
+        (
+            "functions/broken/handler.py",
+            "raise SystemExit('broken: no config')\n\ndef handle(req):\n    return 'never'\n",
+        ),
+    ]));
+    let (code, out, _) = p.run(&["deploy"]);
+    assert_eq!(
+        code,
+        Some(1),
+        "a function that crash-loops on the first deploy: {out}"
+    );
+    assert!(out.contains("broken: no config"), "its first output: {out}");
+    // ls: a STATE per function, columns aligned.
+    let (_, ls, _) = p.run(&["ls"]);
+    let state = |name: &str| {
+        let header = ls.lines().next().unwrap();
+        let col = header.find("STATE").unwrap();
+        let row = ls.lines().find(|l| l.starts_with(name)).unwrap();
+        row[col..].split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(state("lazy"), "idle", "{ls}");
+    assert_eq!(state("warm"), "ready", "{ls}");
+    assert_eq!(state("broken"), "failed", "{ls}");
+    // A name that is not a function: the nearest one, from every verb.
+    let (code, out, err) = p.run(&["invoke", "lazzy"]);
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty(), "no JSON on stdout: {out}");
+    assert!(err.contains("did you mean \"lazy\""), "{err}");
+    let (code, _, err) = p.run(&["logs", "wram"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("no function named \"wram\"; did you mean \"warm\""),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+    let (code, _, err) = p.run(&["scale", "wram", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("did you mean \"warm\""), "{err}");
+    assert!(
+        !err.contains("answered 404"),
+        "a CLI message, not API wording: {err}"
+    );
+    // A function that has not run has no output yet, and says so.
+    let (code, _, err) = p.run(&["logs", "lazy"]);
+    assert_eq!(code, Some(0));
+    assert!(err.contains("lazy has not written any output yet"), "{err}");
+    // scale beyond scale.max, said as a CLI message.
+    let (code, _, err) = p.run(&["scale", "warm", "9"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("warm can run at most 3 replicas (its scale.max), not 9"),
+        "{err}"
+    );
+    let (_, out, _) = p.run(&["scale", "warm", "1"]);
+    assert!(out.starts_with("warm: scaling to 1 replica "), "{out}");
+    // The crash loop's answer: the message, then the output as lines.
+    let (code, out, err) = p.run(&["invoke", "broken"]);
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("  | ") && err.contains("broken: no config"),
+        "{err}"
+    );
+    assert!(!err.contains("\\n") && !err.contains("\"log\""), "{err}");
+}
+
+#[test]
+fn init_says_when_there_is_no_git_repository_and_makes_one_when_asked() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = common::cubeflash(parent.path(), &["init", "plain"]);
+    assert_eq!(out.status.code(), Some(0));
+    let said = text(&out.stdout);
+    assert!(said.contains("is not in a git repository"), "{said}");
+    assert!(!parent.path().join("plain/.git").exists());
+    let yaml = std::fs::read_to_string(parent.path().join("plain/cubeflash.yaml")).unwrap();
+    assert!(
+        !yaml.contains("https://"),
+        "no address that does not exist: {yaml}"
+    );
+    let out = common::cubeflash(parent.path(), &["init", "tracked", "--git"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(parent.path().join("tracked/.git").is_dir());
+    assert!(text(&out.stdout).contains("initialized a git repository"));
 }

@@ -46,7 +46,7 @@ pub fn deploy(
     args: &TargetArgs,
     options: ApplyOptions,
 ) -> Result<Outcome> {
-    let repo = load(root)?;
+    let repo = super::load_checked(root, false)?;
     let rendered = render::render(&repo)?;
     let diffs = output::diff(root, &rendered)?;
     if !diffs.is_empty() {

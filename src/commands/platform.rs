@@ -32,7 +32,7 @@ pub fn up(
     log_format: LogFormat,
 ) -> Result<Outcome> {
     let root = repo_root(dir)?;
-    let repo = load(&root)?;
+    let repo = super::load_checked(&root, true)?;
     init_logging(log_format);
     raise_fd_limit();
     let state_dir = target::state_dir(&root);
@@ -157,7 +157,7 @@ pub fn deploy(
     options: DeployOptions,
 ) -> Result<Outcome> {
     let root = repo_root(dir)?;
-    let repo = load(&root)?;
+    let repo = super::load_checked(&root, true)?;
     check_generated(out, &root, &repo, options.render)?;
     let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
     let rt = runtime()?;
@@ -485,7 +485,7 @@ pub fn scale(
     let plural = |n: u32| if n == 1 { "replica" } else { "replicas" };
     writeln!(
         out,
-        "{name}: scaled to {} {} ({} ready)",
+        "{name}: scaling to {} {} ({} ready now; `cubeflash ls` shows progress)",
         f.replicas.desired,
         plural(f.replicas.desired),
         f.replicas.ready
@@ -514,10 +514,11 @@ pub fn invoke(
     method: Option<String>,
     args: GatewayArgs,
 ) -> Result<Outcome> {
-    let url = match &args.gateway {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let root = repo_root(dir)?;
+    let root = repo_root(dir).ok();
+    let url = match (&args.gateway, &root) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, root) => {
+            let root = root.clone().map_or_else(|| repo_root(None), Ok)?;
             let url = gateway_url(&root, &args)?;
             runtime()?.block_on(own_gateway(&root, &url, None))?;
             url
@@ -533,7 +534,7 @@ pub fn invoke(
     });
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
         .map_err(|_| anyhow!("{method:?} is not an HTTP method"))?;
-    let (status, bytes) = runtime()?.block_on(async {
+    let (status, from_gateway, bytes) = runtime()?.block_on(async {
         let mut req = client().request(method, format!("{url}/function/{name}"));
         for h in &headers {
             let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("header {h:?} must look like `Name: value`"))?;
@@ -544,9 +545,29 @@ pub fn invoke(
         }
         let resp = req.send().await.with_context(|| format!("cannot reach the gateway at {url}: is it running? (`make deploy` or `cubeflash up`)"))?;
         let status = resp.status();
+        let from_gateway = resp.headers().get(crate::gateway::proxy::ORIGIN).is_some_and(|v| v == "gateway");
         let bytes = resp.bytes().await.context("failed to read the answer")?;
-        Ok::<_, anyhow::Error>((status, bytes))
+        Ok::<_, anyhow::Error>((status, from_gateway, bytes))
     })?;
+    // The gateway's own refusal (no such function, crash loop, timeout): said as a CLI
+    // message, the function's output as lines.
+    if let (true, Ok(e)) = (
+        from_gateway,
+        serde_json::from_slice::<crate::gateway::api::ErrorBody>(&bytes),
+    ) {
+        let hint = match (status, &root) {
+            (reqwest::StatusCode::NOT_FOUND, Some(root)) => repo_hint(root, name),
+            _ => String::new(),
+        };
+        eprintln!("cubeflash: {} ({status}){hint}", e.error);
+        if let Some(log) = e.log.filter(|l| !l.is_empty()) {
+            eprintln!("its last output:");
+            for line in log {
+                eprintln!("  | {line}");
+            }
+        }
+        return Ok(Outcome::Failed);
+    }
     out.write_all(&bytes)?;
     if !bytes.ends_with(b"\n") {
         writeln!(out)?;
@@ -558,6 +579,23 @@ pub fn invoke(
         eprintln!("cubeflash: {name} answered {status}");
         Ok(Outcome::Failed)
     }
+}
+
+/// What the repo says about a name the gateway does not serve (the gateway names the
+/// nearest one it has): a folder that is not deployed yet.
+fn repo_hint(root: &Path, name: &str) -> String {
+    let Ok(repo) = crate::spec::load(root) else {
+        return String::new();
+    };
+    let names: Vec<&str> = repo
+        .functions
+        .iter()
+        .map(|f| f.spec.name.as_str())
+        .collect();
+    if names.contains(&name) {
+        return format!("\nfunctions/{name}/ exists but is not deployed on this gateway: run `cubeflash deploy`");
+    }
+    String::new()
 }
 
 /// A request body as `--data` gives it: text, `@file`, or `-` for standard input.
@@ -588,12 +626,29 @@ pub fn logs(
 ) -> Result<Outcome> {
     let root = repo_root(dir)?;
     let path = crate::runtime::local::log_path(&target::state_dir(&root), name);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no logs for {name} yet ({} does not exist): has it run?",
-            path.display()
-        )
-    })?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let repo = load(&root)?;
+            let names: Vec<&str> = repo
+                .functions
+                .iter()
+                .map(|f| f.spec.name.as_str())
+                .collect();
+            if !names.contains(&name) {
+                let near = crate::spec::decode::closest(name, &names)
+                    .map(|n| format!("; did you mean {n:?}?"))
+                    .unwrap_or_else(|| format!("; it has: {}", names.join(", ")));
+                bail!("this repo has no function named {name:?}{near}");
+            }
+            bail!("{name} has not run on the local platform yet, so it has no log ({} does not exist): call it, or `cubeflash deploy` first", path.display());
+        }
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    };
+    if text.is_empty() && !follow {
+        out.flush()?;
+        eprintln!("{name} has not written any output yet");
+    }
     let all: Vec<&str> = text.lines().collect();
     for line in &all[all.len().saturating_sub(lines)..] {
         writeln!(out, "{line}")?;

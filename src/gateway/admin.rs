@@ -83,17 +83,7 @@ impl Gateway {
         let parts: Vec<&str> = path.trim_start_matches("/system/").split('/').collect();
         let routes = self.routes();
         let find = |name: &str| routes.by_name.get(name).cloned();
-        let unknown = |name: &str| {
-            let names: Vec<&str> = routes.functions().iter().map(|f| f.name()).collect();
-            let hint = crate::spec::decode::closest(name, &names)
-                .map(|n| format!("; did you mean {n:?}?"))
-                .unwrap_or_else(|| "; `cubeflash list` shows them".into());
-            json_error(
-                StatusCode::NOT_FOUND,
-                &format!("no function named {name:?}{hint}"),
-                Some(name),
-            )
-        };
+        let unknown = |name: &str| routes.no_such_function(name);
         match (method, parts.as_slice()) {
             (Method::GET, ["functions"]) => {
                 let list: Vec<FunctionInfo> = routes
@@ -217,6 +207,14 @@ where
         .unwrap_or_default();
     match serde_json::from_slice::<ScaleRequest>(&body) {
         Ok(ScaleRequest { replicas }) if replicas <= max => Ok(replicas),
+        Ok(ScaleRequest { replicas }) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{name} can run at most {max} {} (its scale.max), not {replicas}: raise scale.max in its function.yaml and deploy, or ask for fewer",
+                if max == 1 { "replica" } else { "replicas" }
+            ),
+            Some(name),
+        )),
         _ => Err(json_error(
             StatusCode::BAD_REQUEST,
             &format!("send {{\"replicas\": N}} with N from 0 to scale.max ({max})"),

@@ -25,9 +25,10 @@ pub enum ClientError {
         status: StatusCode,
         message: String,
     },
-    /// No such function (or route): the gateway's message says which, and what is near.
+    /// A refusal about one function (none by that name, a scale beyond its maximum): the
+    /// gateway's message says what and what to do.
     #[error("{message}")]
-    NotFound { status: StatusCode, message: String },
+    Function { status: StatusCode, message: String },
     /// The answer is not what this version of cubeflash expects.
     #[error("the gateway at {url} answered {path} with something this cubeflash cannot read: is it another version?")]
     Decode {
@@ -42,7 +43,7 @@ impl ClientError {
     /// The HTTP status the gateway refused with, if it did.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Self::Refused { status, .. } | Self::NotFound { status, .. } => Some(*status),
+            Self::Refused { status, .. } | Self::Function { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -116,8 +117,8 @@ impl AdminClient {
                 Ok(e) => (e.error, e.function),
                 Err(_) => ("no detail".into(), None),
             };
-            if status == StatusCode::NOT_FOUND && function.is_some() {
-                return Err(ClientError::NotFound { status, message });
+            if status.is_client_error() && function.is_some() {
+                return Err(ClientError::Function { status, message });
             }
             return Err(ClientError::Refused {
                 url: self.base.clone(),

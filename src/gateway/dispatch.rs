@@ -22,7 +22,7 @@ use super::function::{FunctionState, Inflight};
 use super::metrics::{label, CodeLabels, PhaseLabels, StartLabels};
 use super::proxy::{self, GatewayBody, CALL_ID, COLD_START};
 use super::upstream::UpstreamBody;
-use super::{api, json_response, Gateway};
+use super::{api, Gateway};
 
 /// Timeouts in a row after which a replica is taken out of rotation.
 const TIMEOUTS_IN_A_ROW: u32 = 3;
@@ -110,7 +110,7 @@ impl Gateway {
                 if r.status.is_server_error() {
                     tracing::warn!(function = %f.name(), status = r.status.as_u16(), call = call_id.to_str().unwrap_or(""), "{}", r.message);
                 }
-                let mut resp = json_response(
+                let mut resp = super::error_response(
                     r.status,
                     &api::ErrorBody {
                         error: r.message,
@@ -118,10 +118,6 @@ impl Gateway {
                         log: r.log,
                     },
                 );
-                if r.status == StatusCode::TOO_MANY_REQUESTS {
-                    resp.headers_mut()
-                        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                }
                 if r.status == StatusCode::REQUEST_TIMEOUT
                     || r.status == StatusCode::PAYLOAD_TOO_LARGE
                 {
@@ -316,6 +312,8 @@ impl Gateway {
             let now = Instant::now();
             self.account(f, &lease, started, sent, now);
             proxy::strip_hop_by_hop(&mut head.headers);
+            // Only the gateway's own answers say they are.
+            head.headers.remove(proxy::ORIGIN);
             if let Some(waited) = lease.waited.filter(|_| lease.cold) {
                 if let Ok(v) = HeaderValue::from_str(&waited.as_millis().to_string()) {
                     head.headers.insert(COLD_START, v);

@@ -129,16 +129,17 @@ impl FunctionState {
     }
 
     /// Starts what must always run: `scale.min` replicas (or keeps more, for a pool taken
-    /// over from an earlier table) and the baseline.
+    /// over from an earlier table or started by a rollout) and the baseline. A crash loop a
+    /// rollout saw stands: the pool retries on its own.
     pub fn start(&self) {
         let min = self.entry.scale.min;
         self.serverless.scale_to(
             min.max(self.serverless.wanted())
                 .min(self.entry.scale.max.max(min)),
-            true,
+            false,
         );
         if let (Some(b), Some(pool)) = (&self.entry.baseline, &self.baseline) {
-            pool.scale_to(b.replicas, true);
+            pool.scale_to(b.replicas, false);
         }
     }
 

@@ -84,11 +84,11 @@ impl LocalBackend {
         dir: PathBuf,
     ) -> Result<Arc<FunctionState>, GatewayError> {
         let mut spec = local::process_spec(&self.root, &self.runtimes, f)?;
+        let logs = Arc::new(
+            LogBuffer::with_file(&local::log_path(&self.state_dir, &f.spec.name))
+                .rewriting(&dir, &spec.dir),
+        );
         spec.dir = dir;
-        let logs = Arc::new(LogBuffer::with_file(&local::log_path(
-            &self.state_dir,
-            &f.spec.name,
-        )));
         let handle = tokio::runtime::Handle::current();
         let grace = drain_grace(f);
         let serverless: Arc<dyn ReplicaPool> = ReplicaSet::new(
@@ -158,17 +158,6 @@ impl LocalBackend {
         for ((f, step), outcome) in steps.into_iter().zip(outcomes) {
             let name = f.spec.name.clone();
             let mut source = f.clone();
-            // Paths in a failure's output as the user knows them: functions/NAME/...
-            let outcome = outcome.map_err(|mut failure| {
-                if let Step::Roll { dir, .. } = &step {
-                    let (copy, real) = (dir.display().to_string(), self.root.join(&f.rel_dir));
-                    let real = real.display().to_string();
-                    for line in &mut failure.output {
-                        *line = line.replace(&copy, &real);
-                    }
-                }
-                failure
-            });
             match (step, outcome) {
                 (Step::Keep(state), _) => next.push(state),
                 (Step::Roll { old, new, dir }, Ok(())) => {
@@ -289,12 +278,16 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(75);
 /// Starts `new` (not yet serving) with as many replicas as `old` runs (at least
 /// `scale.min`; with `verify`, at least one, stopped again once ready) and its baseline, and
 /// waits until they are ready. Err when they crash-loop or take longer than
-/// `ROLLOUT_DEADLINE`.
+/// `ROLLOUT_DEADLINE`. A function with no earlier version is only checked with `verify`.
 async fn roll_out(
     old: Option<&FunctionState>,
     new: &FunctionState,
     verify: bool,
 ) -> Result<(), RolloutFailure> {
+    if old.is_none() && !verify {
+        // Nothing to keep serving and nothing to check: it starts as it is installed.
+        return Ok(());
+    }
     let scale = &new.entry.scale;
     let running = old.map_or(0, |o| o.serverless.wanted());
     let target = running.max(scale.min).min(scale.max.max(scale.min));

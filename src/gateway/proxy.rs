@@ -16,6 +16,9 @@ pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 pub const CALL_ID: HeaderName = HeaderName::from_static("x-cubeflash-call-id");
 pub const COLD_START: HeaderName = HeaderName::from_static("x-cubeflash-cold-start");
 /// Which internal trigger made the call (schedule); only the gateway sets it.
+/// On answers the gateway gives itself: `gateway`.
+pub const ORIGIN: HeaderName = HeaderName::from_static("x-cubeflash-origin");
+pub const ORIGIN_GATEWAY: HeaderValue = HeaderValue::from_static("gateway");
 pub const TRIGGER: HeaderName = HeaderName::from_static("x-cubeflash-trigger");
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

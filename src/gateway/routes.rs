@@ -106,4 +106,17 @@ impl Routes {
     pub fn functions(&self) -> &[Arc<FunctionState>] {
         &self.sorted
     }
+
+    /// The 404 for a function name this table does not have, with the nearest name.
+    pub fn no_such_function(&self, name: &str) -> hyper::Response<super::GatewayBody> {
+        let names: Vec<&str> = self.sorted.iter().map(|f| f.name()).collect();
+        let hint = crate::spec::decode::closest(name, &names)
+            .map(|n| format!("; did you mean {n:?}?"))
+            .unwrap_or_else(|| "; `cubeflash list` shows them".into());
+        super::json_error(
+            hyper::StatusCode::NOT_FOUND,
+            &format!("no function named {name:?}{hint}"),
+            Some(name),
+        )
+    }
 }

@@ -377,6 +377,8 @@ pub fn log_path(state_dir: &Path, function: &str) -> PathBuf {
 pub struct LogBuffer {
     lines: Mutex<VecDeque<String>>,
     file: Option<Mutex<std::fs::File>>,
+    /// A path in the output shown as another (a version's code copy as functions/NAME).
+    rewrite: Option<(String, String)>,
 }
 
 impl LogBuffer {
@@ -401,10 +403,22 @@ impl LogBuffer {
         Self {
             lines: Mutex::default(),
             file: file.map(Mutex::new),
+            rewrite: None,
         }
     }
 
+    /// Shows `from` as `to` wherever a line has it: a replica runs from its version's copy
+    /// of the code, and its tracebacks then name the files the user edits.
+    pub fn rewriting(mut self, from: &Path, to: &Path) -> Self {
+        self.rewrite = Some((from.display().to_string(), to.display().to_string()));
+        self
+    }
+
     pub fn push(&self, line: String) {
+        let line = match &self.rewrite {
+            Some((from, to)) if line.contains(from.as_str()) => line.replace(from.as_str(), to),
+            _ => line,
+        };
         if let Some(f) = &self.file {
             let _ = writeln!(f.lock().expect("log file lock"), "{line}");
         }

@@ -58,6 +58,8 @@ pub struct ReplicaSet {
     early_failures: AtomicU32,
     /// Failed rounds in a row: how long a failed set waits before it tries again.
     failed_rounds: AtomicU32,
+    /// Counts `clear_failure`s: a supervisor that sees it change starts its backoff over.
+    cleared: AtomicU64,
     next_id: AtomicU64,
     drain_grace: Duration,
     probe: ProbeClient,
@@ -85,6 +87,7 @@ impl ReplicaSet {
             failure: Mutex::default(),
             early_failures: AtomicU32::new(0),
             failed_rounds: AtomicU32::new(0),
+            cleared: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             drain_grace,
             probe,
@@ -138,6 +141,7 @@ impl ReplicaSet {
         let was = self.failure.lock().expect("failure lock").take();
         self.early_failures.store(0, Ordering::Relaxed);
         self.failed_rounds.store(0, Ordering::Relaxed);
+        self.cleared.fetch_add(1, Ordering::Relaxed);
         if was.is_some() {
             tracing::info!(function = %self.spec.function, "crash loop cleared; starting again");
             self.nudge.notify_waiters();
@@ -213,9 +217,15 @@ impl ReplicaSet {
 
     async fn supervise(self: Arc<Self>, id: u64, mut stop: watch::Receiver<bool>) {
         let mut backoff = BACKOFF_START;
+        let mut cleared = self.cleared.load(Ordering::Relaxed);
         loop {
             if *stop.borrow() {
                 return;
+            }
+            let now_cleared = self.cleared.load(Ordering::Relaxed);
+            if now_cleared != cleared {
+                cleared = now_cleared;
+                backoff = BACKOFF_START;
             }
             let asked = Instant::now();
             let mut proc = match local::spawn(&self.spec, id, &self.logs).await {

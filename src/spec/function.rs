@@ -278,7 +278,12 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
             r.error(
                 n,
                 "runtime",
-                format!("unsupported runtime {text:?}"),
+                format!(
+                    "unsupported runtime {text:?}{}",
+                    super::decode::closest(&text, &Runtime::ALL)
+                        .map(|n| format!(" (did you mean {n}?)"))
+                        .unwrap_or_default()
+                ),
                 &format!(
                     "use one of {}; `exec` runs any program that serves HTTP on $PORT",
                     Runtime::ALL.join(", ")
