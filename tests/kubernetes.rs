@@ -331,7 +331,7 @@ fn delete_removes_one_functions_objects_and_list_shows_replicas() {
     assert!(
         listed
             .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["a", "0", "0", "1/1"]),
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["a", "idle", "0", "0", "1/1"]),
         "{listed}"
     );
     api.clear_seen();

@@ -368,3 +368,42 @@ fn init_says_when_there_is_no_git_repository_and_makes_one_when_asked() {
     assert!(parent.path().join("tracked/.git").is_dir());
     assert!(text(&out.stdout).contains("initialized a git repository"));
 }
+
+#[test]
+fn deploy_warns_of_a_stale_generated_folder_and_renders_it_when_asked() {
+    need("python3");
+    let p = Platform::new(one_function(
+        "g",
+        "python",
+        "",
+        "def handle(req):\n    return 'v1'\n",
+    ));
+    assert_eq!(p.run(&["render"]).0, Some(0));
+    let (code, _, err) = p.run(&["deploy"]);
+    assert_eq!(code, Some(0));
+    assert!(!err.contains("out of date"), "{err}");
+    p.write(
+        "functions/g/handler.py",
+        "def handle(req):\n    return 'v2'\n",
+    );
+    let (code, _, err) = p.run(&["deploy"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: generated/ is out of date (g/configmap.yaml"),
+        "{err}"
+    );
+    assert_eq!(
+        p.run(&["render", "--check"]).0,
+        Some(1),
+        "a warning, not a render"
+    );
+    p.write(
+        "functions/g/handler.py",
+        "def handle(req):\n    return 'v3'\n",
+    );
+    let (code, out, err) = p.run(&["deploy", "--render"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("re-rendered generated/"), "{out}");
+    assert_eq!(p.run(&["render", "--check"]).0, Some(0));
+    assert_eq!(p.run(&["invoke", "g"]).1, "v3\n");
+}

@@ -110,7 +110,7 @@ pub fn list(out: &mut impl Write, root: &Path, args: &TargetArgs) -> Result<Outc
         let (client, url) = kube_target::connect(args.context.as_deref()).await?;
         Ok::<_, anyhow::Error>(kube_target::functions(client, &url, &namespace).await?)
     })?;
-    let rows: Vec<[String; 4]> = functions
+    let rows: Vec<[String; 5]> = functions
         .iter()
         .map(|f| {
             let baseline = match f["baselineReplicas"].as_object() {
@@ -119,13 +119,18 @@ pub fn list(out: &mut impl Write, root: &Path, args: &TargetArgs) -> Result<Outc
             };
             [
                 f["name"].as_str().unwrap_or("?").to_string(),
+                f["state"].as_str().unwrap_or("?").to_string(),
                 f["replicas"]["ready"].to_string(),
                 f["replicas"]["desired"].to_string(),
                 baseline,
             ]
         })
         .collect();
-    super::platform::write_table(out, &["NAME", "READY", "DESIRED", "BASELINE READY"], &rows)?;
+    super::platform::write_table(
+        out,
+        &["NAME", "STATE", "READY", "DESIRED", "BASELINE READY"],
+        &rows,
+    )?;
     if functions.is_empty() {
         writeln!(
             out,

@@ -506,11 +506,45 @@ pub async fn functions(
         out.push(json!({
             "name": name,
             "namespace": namespace,
+            "state": rollout_state(d),
             "replicas": replicas(d),
             "baselineReplicas": baseline.map(replicas),
         }));
     }
     Ok(out)
+}
+
+/// A function Deployment's state in a word, as `ls` shows it: `failed` (its rollout
+/// exceeded its progress deadline, or pods cannot be created), `rolling out` (a new template
+/// is not on every replica yet), `idle` (at zero), `ready`, or `scaling`.
+pub fn rollout_state(d: &Deployment) -> &'static str {
+    let spec = d.spec.as_ref();
+    let status = d.status.as_ref();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let failed = conditions.iter().any(|c| {
+        (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            || (c.type_ == "ReplicaFailure" && c.status == "True")
+    });
+    let generation = d.metadata.generation.unwrap_or(0);
+    let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
+    let total = status.and_then(|s| s.replicas).unwrap_or(0);
+    let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    if failed {
+        "failed"
+    } else if observed < generation || updated < desired.min(total) || total > desired.max(updated)
+    {
+        "rolling out"
+    } else if desired == 0 && total == 0 {
+        "idle"
+    } else if ready >= desired {
+        "ready"
+    } else {
+        "scaling"
+    }
 }
 
 /// Recent events of a function's Deployment (scale-ups and downs among them), newest last.
@@ -541,4 +575,78 @@ pub async fn recent_events(
     let skip = events.len().saturating_sub(limit);
     events.drain(..skip);
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rollout_state;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    fn deployment(generation: i64, replicas: i32, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "f", "generation": generation},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rollout_states_read_like_kubectl_rollout_status() {
+        let cases = [
+            (
+                deployment(
+                    2,
+                    1,
+                    json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}),
+                ),
+                "ready",
+            ),
+            (deployment(2, 0, json!({"observedGeneration": 2})), "idle"),
+            (
+                deployment(
+                    3,
+                    1,
+                    json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}),
+                ),
+                "rolling out",
+            ),
+            (
+                deployment(
+                    2,
+                    1,
+                    json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1}),
+                ),
+                "rolling out",
+            ),
+            (
+                deployment(
+                    2,
+                    2,
+                    json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1}),
+                ),
+                "scaling",
+            ),
+            (
+                deployment(
+                    2,
+                    1,
+                    json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}),
+                ),
+                "failed",
+            ),
+            (
+                deployment(
+                    2,
+                    1,
+                    json!({"observedGeneration": 2, "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}]}),
+                ),
+                "failed",
+            ),
+        ];
+        for (d, want) in cases {
+            assert_eq!(rollout_state(&d), want, "{:?}", d.status);
+        }
+    }
 }
