@@ -8,9 +8,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    assert_no_process_under, client, one_function, processes_under, TestGateway, TOKEN,
+    assert_no_process_under, client, one_function, processes_under, Platform, TestGateway, TOKEN,
 };
-use common::{need, repo_root, temp_tree, text};
+use common::{need, repo_root, temp_tree};
 use serde_json::Value;
 
 #[test]
@@ -595,17 +595,14 @@ fn sigterm_stops_the_gateway_and_leaves_no_process_behind() {
 #[test]
 fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
     need("python3");
-    let root = one_function("greet", "python", "", "def handle(req):\n    return 'v1'\n");
-    let run = |args: &[&str]| {
-        // Port 0: the background gateway picks a free port and records it for the other verbs.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
-            .args(args)
-            .current_dir(root.path())
-            .env("CUBEFLASH_PORT", "0")
-            .output()
-            .unwrap();
-        (out.status.code(), text(&out.stdout), text(&out.stderr))
-    };
+    let p = Platform::new(one_function(
+        "greet",
+        "python",
+        "",
+        "def handle(req):\n    return 'v1'\n",
+    ));
+    let run = |args: &[&str]| p.run(args);
+
     let (code, out, err) = run(&["deploy"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
@@ -617,7 +614,7 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
     assert_eq!((code, out.as_str()), (Some(0), "v1\n"));
 
     std::fs::write(
-        root.path().join("functions/greet/handler.py"),
+        p.path().join("functions/greet/handler.py"),
         "def handle(req):\n    return 'v2'\n",
     )
     .unwrap();
@@ -647,7 +644,7 @@ fn deploy_starts_the_platform_then_reloads_it_and_down_stops_it() {
 
     let (code, out, _) = run(&["down"]);
     assert_eq!((code, out.trim()), (Some(0), "stopped the local platform"));
-    assert_no_process_under(root.path());
+    assert_no_process_under(p.path());
     let (code, _, err) = run(&["invoke", "greet"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot reach the gateway"), "{err}");

@@ -5,58 +5,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::gateway::{assert_no_process_under, client, one_function};
+use common::gateway::{assert_no_process_under, client, one_function, Platform};
 use common::{need, text};
-
-/// A repo's background platform, stopped when dropped.
-struct Platform {
-    root: tempfile::TempDir,
-}
-
-impl Platform {
-    fn new(root: tempfile::TempDir) -> Self {
-        Self { root }
-    }
-
-    fn path(&self) -> &Path {
-        self.root.path()
-    }
-
-    /// `cubeflash ARGS` in the repo: exit code, stdout, stderr.
-    fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        // Port 0: the background gateway picks a free port and records it.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
-            .args(args)
-            .current_dir(self.path())
-            .env("CUBEFLASH_PORT", "0")
-            .output()
-            .unwrap();
-        (out.status.code(), text(&out.stdout), text(&out.stderr))
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        std::fs::write(self.path().join(rel), content).unwrap();
-    }
-
-    fn url(&self) -> String {
-        std::fs::read_to_string(self.path().join(".cubeflash/gateway.url"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
 
 /// The words of the `deploy` line that reports `name` (e.g. ["changed", "greet"]).
 fn report_line<'a>(out: &'a str, name: &str) -> Option<Vec<&'a str>> {

@@ -269,3 +269,51 @@ impl Drop for UpProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A repo's background platform, stopped when dropped.
+pub struct Platform {
+    root: tempfile::TempDir,
+}
+
+impl Platform {
+    pub fn new(root: tempfile::TempDir) -> Self {
+        Self { root }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `cubeflash ARGS` in the repo: exit code, stdout, stderr.
+    pub fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        // Port 0: the background gateway picks a free port and records it.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+            .args(args)
+            .current_dir(self.path())
+            .env("CUBEFLASH_PORT", "0")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            super::text(&out.stdout),
+            super::text(&out.stderr),
+        )
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        std::fs::write(self.path().join(rel), content).unwrap();
+    }
+
+    pub fn url(&self) -> String {
+        std::fs::read_to_string(self.path().join(".cubeflash/gateway.url"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
