@@ -178,37 +178,15 @@ pub fn deploy(
         };
         let client = AdminClient::new(&url, Some(token(&root)?));
         let functions = wait_ready(&client).await?;
-        let failed = match &report {
-            Some(report) => {
-                write_report(out, report)?;
-                !report.failed.is_empty()
-            }
-            None => false,
+        let report = match report {
+            Some(report) => report,
+            None => first_start_report(&client, &functions).await,
         };
+        write_report(out, &report)?;
         print_urls(out, &url, &functions)?;
-        let failing: Vec<&str> = functions
-            .iter()
-            .filter(|f| f.failed.is_some())
-            .map(|f| f.name.as_str())
-            .collect();
-        let reported = |name: &str| report.iter().any(|r| r.failed.iter().any(|f| f.name == name));
-        for name in failing.iter().filter(|n| !reported(n)) {
-            if let Ok(logs) = client.logs(name, 200).await {
-                let mut lines = gateway::local::first_attempt(&logs.lines, name);
-                if lines.is_empty() {
-                    lines = gateway::local::first_attempt(&logs.lines, &format!("{name}-baseline"));
-                }
-                writeln!(out, "  {:<10} {name}: its first start wrote:", "failed")?;
-                for line in lines {
-                    writeln!(out, "  {:<10} | {line}", "")?;
-                }
-            }
-        }
-        if failed || !failing.is_empty() {
+        if !report.failed.is_empty() {
             out.flush()?;
-            let mut names: Vec<&str> = report.iter().flat_map(|r| r.failed.iter().map(|f| f.name.as_str())).chain(failing).collect();
-            names.sort();
-            names.dedup();
+            let names: Vec<&str> = report.failed.iter().map(|f| f.name.as_str()).collect();
             eprintln!(
                 "cubeflash: {} did not start (see above, and `cubeflash logs NAME`)",
                 names.join(", ")
@@ -217,6 +195,34 @@ pub fn deploy(
         }
         Ok(Outcome::Success)
     })
+}
+
+/// What a first start did, as a rollout report: every function added, or failed (a crash
+/// loop of a function with replicas) with the output of its first start.
+async fn first_start_report(client: &AdminClient, functions: &[FunctionInfo]) -> Reloaded {
+    let mut report = Reloaded::default();
+    for f in functions {
+        let Some(why) = &f.failed else {
+            report.added.push(f.name.clone());
+            continue;
+        };
+        let lines = client
+            .logs(&f.name, 200)
+            .await
+            .map(|l| l.lines)
+            .unwrap_or_default();
+        let mut output = gateway::local::first_attempt(&lines, &f.name);
+        if output.is_empty() {
+            output = gateway::local::first_attempt(&lines, &format!("{}-baseline", f.name));
+        }
+        report.failed.push(RolloutFailure {
+            name: f.name.clone(),
+            reason: why.clone(),
+            kept_previous: false,
+            output,
+        });
+    }
+    report
 }
 
 /// The local platform runs functions/ itself, not generated/; a stale generated/ is still
@@ -329,9 +335,6 @@ fn print_urls(out: &mut impl Write, url: &str, functions: &[FunctionInfo]) -> Re
         }
         if let Some(b) = &f.baseline_url {
             writeln!(out, "  {:<20} {b} (always-on baseline)", "")?;
-        }
-        if let Some(why) = &f.failed {
-            writeln!(out, "  {:<20} FAILED: {why}", "")?;
         }
     }
     Ok(())
