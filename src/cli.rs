@@ -125,6 +125,26 @@ pub enum Command {
         /// HTTP method (default: GET, or POST with --data).
         #[arg(short = 'X', long)]
         method: Option<String>,
+        /// Store the call and return at once with its id (POST /async-function/NAME); follow
+        /// it with `cubeflash calls show ID`.
+        #[arg(long = "async")]
+        is_async: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Async calls: list them, show one, redrive a dead one, purge one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Calls {
+        #[command(subcommand)]
+        action: Option<CallsAction>,
+        /// Only this function's calls.
+        function: Option<String>,
+        /// Only calls in this state: queued, running, retrying, succeeded, failed, dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many, newest first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -265,6 +285,31 @@ pub struct TargetArgs {
     /// Kubernetes: the kubeconfig context to use (default: the current one).
     #[arg(long)]
     pub context: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallsAction {
+    /// One call: its state, every attempt and the result (JSON).
+    Show {
+        id: String,
+        /// Wait this long (at most 5m) for the call to finish first.
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<std::time::Duration>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Put a dead or failed call back in its queue with a fresh retry budget.
+    Redrive {
+        id: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Remove a call (and its request body) from the store.
+    Purge {
+        id: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
 }
 
 /// Where the running gateway is.

@@ -95,8 +95,27 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             data,
             headers,
             method,
+            is_async,
             gateway,
-        } => platform::invoke(&mut out, cli.dir, &name, data, headers, method, gateway),
+        } => platform::invoke(
+            &mut out,
+            cli.dir,
+            &name,
+            platform::InvokeArgs {
+                data,
+                headers,
+                method,
+                is_async,
+            },
+            gateway,
+        ),
+        Command::Calls {
+            action,
+            function,
+            state,
+            limit,
+            gateway,
+        } => platform::calls(&mut out, cli.dir, action, function, state, limit, gateway),
         Command::Logs {
             name,
             follow,

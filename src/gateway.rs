@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod async_calls;
 pub mod body;
 pub mod client;
 pub mod dispatch;
@@ -125,6 +126,10 @@ pub trait Backend: Send + Sync + 'static {
         gateway: &'a Arc<Gateway>,
         verify: bool,
     ) -> BoxFuture<'a, Result<api::Reloaded, String>>;
+    /// Where this backend keeps async calls, if it can.
+    fn calls(&self) -> Option<Arc<async_calls::AsyncCalls>> {
+        None
+    }
     /// Starts the backend's own loops; they stop when `stop` fires.
     fn start(
         self: Arc<Self>,
@@ -358,10 +363,14 @@ impl Gateway {
                 None => routes.no_such_function(name),
             };
         }
-        if path.starts_with("/async-function/") || path == "/ui" || path.starts_with("/ui/") {
+        if let Some(rest) = path.strip_prefix("/async-function/") {
+            let rest = rest.to_string();
+            return Box::pin(self.accept_async(req, &rest)).await;
+        }
+        if path == "/ui" || path.starts_with("/ui/") {
             return json_error(
                 StatusCode::NOT_FOUND,
-                &format!("{path} is not served yet: async invocations and the dashboard are not built in this version of cubeflash"),
+                &format!("{path} is not served yet: the dashboard is not built in this version of cubeflash"),
                 None,
             );
         }

@@ -1,4 +1,5 @@
 //! Triggers other than HTTP. Only `schedule` runs locally so far; async calls and NATS
 //! queue triggers are still open work.
 
+pub mod calls;
 pub mod schedule;

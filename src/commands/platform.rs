@@ -507,16 +507,36 @@ pub fn delete(
     Ok(Outcome::Success)
 }
 
-/// `cubeflash invoke`: prints the body to stdout; a non-2xx answer is exit code 1.
+/// What `invoke` sends.
+pub struct InvokeArgs {
+    pub data: Option<String>,
+    pub headers: Vec<String>,
+    pub method: Option<String>,
+    pub is_async: bool,
+}
+
+/// `cubeflash invoke`: prints the body to stdout (with `--async`, the call id); a non-2xx
+/// answer is exit code 1.
 pub fn invoke(
     out: &mut impl Write,
     dir: Option<PathBuf>,
     name: &str,
-    data: Option<String>,
-    headers: Vec<String>,
-    method: Option<String>,
+    call: InvokeArgs,
     args: GatewayArgs,
 ) -> Result<Outcome> {
+    let InvokeArgs {
+        data,
+        headers,
+        method,
+        is_async,
+    } = call;
+    if is_async
+        && method
+            .as_deref()
+            .is_some_and(|m| !m.eq_ignore_ascii_case("POST"))
+    {
+        bail!("an async call is a POST: drop -X, or call it without --async");
+    }
     let root = repo_root(dir).ok();
     let url = match (&args.gateway, &root) {
         (Some(u), _) => u.trim_end_matches('/').to_string(),
@@ -529,7 +549,7 @@ pub fn invoke(
     };
     let body = read_body(data.as_deref())?;
     let method = method.unwrap_or_else(|| {
-        if body.is_some() {
+        if body.is_some() || is_async {
             "POST".into()
         } else {
             "GET".into()
@@ -538,7 +558,8 @@ pub fn invoke(
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
         .map_err(|_| anyhow!("{method:?} is not an HTTP method"))?;
     let (status, from_gateway, bytes) = runtime()?.block_on(async {
-        let mut req = client().request(method, format!("{url}/function/{name}"));
+        let route = if is_async { "async-function" } else { "function" };
+        let mut req = client().request(method, format!("{url}/{route}/{name}"));
         for h in &headers {
             let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("header {h:?} must look like `Name: value`"))?;
             req = req.header(k.trim(), v.trim());
@@ -571,6 +592,24 @@ pub fn invoke(
         }
         return Ok(Outcome::Failed);
     }
+    if is_async && status == reqwest::StatusCode::ACCEPTED {
+        let accepted: crate::gateway::api::Accepted = serde_json::from_slice(&bytes).context(
+            "the gateway's 202 is not what this cubeflash expects: is it another version?",
+        )?;
+        writeln!(out, "{}", accepted.call_id)?;
+        out.flush()?;
+        eprintln!(
+            "{} call {} for {name}: follow it with `cubeflash calls show {} --wait 30s`",
+            if accepted.duplicate {
+                "an earlier (same Idempotency-Key)"
+            } else {
+                "accepted"
+            },
+            accepted.call_id,
+            accepted.call_id
+        );
+        return Ok(Outcome::Success);
+    }
     out.write_all(&bytes)?;
     if !bytes.ends_with(b"\n") {
         writeln!(out)?;
@@ -582,6 +621,72 @@ pub fn invoke(
         eprintln!("cubeflash: {name} answered {status}");
         Ok(Outcome::Failed)
     }
+}
+
+/// `cubeflash calls`: list, show, redrive, purge async calls.
+pub fn calls(
+    out: &mut impl Write,
+    dir: Option<PathBuf>,
+    action: Option<crate::cli::CallsAction>,
+    function: Option<String>,
+    state: Option<String>,
+    limit: usize,
+    args: GatewayArgs,
+) -> Result<Outcome> {
+    use crate::cli::CallsAction;
+    match action {
+        Some(CallsAction::Show { id, wait, gateway }) => {
+            let call = with_admin(dir, &gateway, async |c| Ok(c.async_call(&id, wait).await?))?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&call)?)?;
+        }
+        Some(CallsAction::Redrive { id, gateway }) => {
+            let call = with_admin(dir, &gateway, async |c| Ok(c.redrive(&id).await?))?;
+            writeln!(
+                out,
+                "{}: back in {}'s queue with a fresh retry budget",
+                call.id, call.function
+            )?;
+        }
+        Some(CallsAction::Purge { id, gateway }) => {
+            with_admin(dir, &gateway, async |c| {
+                Ok(c.purge(&id).await.map(|_| ())?)
+            })?;
+            writeln!(out, "{id}: purged")?;
+        }
+        None => {
+            let list = with_admin(dir, &args, async |c| {
+                Ok(c.calls(function.as_deref(), state.as_deref(), limit)
+                    .await?)
+            })?;
+            let now = crate::triggers::calls::now_ms();
+            let rows: Vec<[String; 6]> = list
+                .iter()
+                .map(|c| {
+                    let last = c.attempts.last();
+                    [
+                        c.id.clone(),
+                        c.function.clone(),
+                        serde_json::to_value(c.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        c.attempts.len().to_string(),
+                        format!("{}s ago", now.saturating_sub(c.accepted_at) / 1000),
+                        c.error
+                            .clone()
+                            .or_else(|| last.and_then(|a| a.status).map(|s| s.to_string()))
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            write_table(
+                out,
+                &["ID", "FUNCTION", "STATE", "ATTEMPTS", "ACCEPTED", "LAST"],
+                &rows,
+            )?;
+        }
+    }
+    Ok(Outcome::Success)
 }
 
 /// What the repo says about a name the gateway does not serve (the gateway names the

@@ -9,11 +9,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::api::{self, FunctionInfo, ReplicaCount, ScaleRequest};
+use super::api::{self, CallState, FunctionInfo, ReplicaCount, ScaleRequest};
+use super::async_calls::{blocking, AsyncCalls};
 use super::body::BoxError;
 use super::function::FunctionState;
 use super::proxy::GatewayBody;
 use super::{json_error, json_response, Gateway};
+use crate::triggers::calls::StoreError;
 
 /// What a token lets its bearer do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +150,16 @@ impl Gateway {
                     ),
                 }
             }
+            (method, ["calls", ..]) => {
+                let Some(calls) = self.backend().and_then(|b| b.calls()) else {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this gateway keeps no async calls (in a cluster they need NATS JetStream, not supported yet)",
+                        None,
+                    );
+                };
+                self.calls_api(&calls, method, &parts[1..], &query).await
+            }
             (Method::POST, ["reload"]) => match self.reload(query != "verify=false").await {
                 Ok(summary) => json_response(StatusCode::OK, &summary),
                 Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &e, None),
@@ -155,6 +167,101 @@ impl Gateway {
             _ => json_error(
                 StatusCode::NOT_FOUND,
                 &format!("no admin route {path}"),
+                None,
+            ),
+        }
+    }
+
+    /// /system/calls[?function=F&state=S&limit=N], /system/calls/ID[?wait=30s],
+    /// POST /system/calls/ID/redrive, DELETE /system/calls/ID.
+    async fn calls_api(
+        &self,
+        calls: &Arc<AsyncCalls>,
+        method: Method,
+        rest: &[&str],
+        query: &str,
+    ) -> Response<GatewayBody> {
+        let param = |key: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let failed = |e: StoreError| {
+            match e {
+            StoreError::NotFound(id) => json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no async call {id:?} (finished calls are kept for 24 h; dead ones until purged)"),
+                None,
+            ),
+            e @ (StoreError::NotDead { .. } | StoreError::Running(_)) => {
+                json_error(StatusCode::CONFLICT, &e.to_string(), None)
+            }
+            e => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{:#}", anyhow::Error::from(e)),
+                None,
+            ),
+        }
+        };
+        match (method, rest) {
+            (Method::GET, []) => {
+                let function = param("function");
+                let state = match param("state").map(|s| serde_json::from_value::<CallState>(serde_json::Value::String(s.clone())).map_err(|_| s)) {
+                    Some(Err(s)) => return json_error(StatusCode::BAD_REQUEST, &format!("state {s:?} is not one of queued, running, retrying, succeeded, failed, dead"), None),
+                    Some(Ok(s)) => Some(s),
+                    None => None,
+                };
+                let limit = param("limit").and_then(|n| n.parse().ok()).unwrap_or(100).min(10_000);
+                match blocking(&calls.store, move |s| s.list(function.as_deref(), state, limit)).await {
+                    Ok(list) => json_response(StatusCode::OK, &list),
+                    Err(e) => failed(e),
+                }
+            }
+            (Method::GET, [id]) => {
+                let wait = match param("wait").map(|w| crate::spec::values::Dur::parse(&w)) {
+                    Some(Err(_)) => return json_error(StatusCode::BAD_REQUEST, "wait takes a duration such as 30s (at most 5m)", None),
+                    Some(Ok(d)) => d.value.min(std::time::Duration::from_secs(300)),
+                    None => std::time::Duration::ZERO,
+                };
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    let changed = calls.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    let id = id.to_string();
+                    match blocking(&calls.store, move |s| s.get(&id)).await {
+                        Ok(call) if call.state.finished() || tokio::time::Instant::now() >= deadline => {
+                            return json_response(StatusCode::OK, &call)
+                        }
+                        Ok(_) => {}
+                        Err(e) => return failed(e),
+                    }
+                    let _ = tokio::time::timeout_at(deadline, changed).await;
+                }
+            }
+            (Method::POST, [id, "redrive"]) => {
+                let id = id.to_string();
+                match blocking(&calls.store, move |s| s.redrive(&id)).await {
+                    Ok(call) => {
+                        calls.wake.notify_one();
+                        json_response(StatusCode::OK, &call)
+                    }
+                    Err(e) => failed(e),
+                }
+            }
+            (Method::DELETE, [id]) => {
+                let id = id.to_string();
+                let shown = id.clone();
+                match blocking(&calls.store, move |s| s.purge(&id)).await {
+                    Ok(true) => json_response(StatusCode::OK, &serde_json::json!({ "purged": shown })),
+                    Ok(false) => failed(StoreError::NotFound(shown)),
+                    Err(e) => failed(e),
+                }
+            }
+            _ => json_error(
+                StatusCode::NOT_FOUND,
+                "the calls API is GET /system/calls, GET /system/calls/ID, POST /system/calls/ID/redrive, DELETE /system/calls/ID",
                 None,
             ),
         }

@@ -112,3 +112,88 @@ pub struct RolloutFailure {
     /// The first lines the new version wrote, one per entry.
     pub output: Vec<String>,
 }
+
+/// Where an async call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    /// Stored, waiting for its first attempt.
+    Queued,
+    /// An attempt is under way.
+    Running,
+    /// An attempt failed in a way worth retrying; the next one is at `nextAttemptAt`.
+    Retrying,
+    /// The function answered 2xx.
+    Succeeded,
+    /// The function answered a 4xx that no retry changes.
+    Failed,
+    /// Its retries or its maxAge were used up: kept until redriven or purged.
+    Dead,
+}
+
+impl CallState {
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+    }
+}
+
+/// One async call: POST /async-function/NAME answers with its id; GET /system/calls/ID shows
+/// it. Times are milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    pub id: String,
+    pub function: String,
+    pub state: CallState,
+    pub method: String,
+    /// What the function sees as its path (the rest after /async-function/NAME), with the
+    /// query.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body_bytes: u64,
+    pub accepted_at: u64,
+    pub next_attempt_at: Option<u64>,
+    /// While running: until when this gateway holds it (extended while the call runs).
+    pub lease_until: Option<u64>,
+    pub attempts: Vec<Attempt>,
+    pub result: Option<CallResult>,
+    /// Why it failed or died, in a sentence.
+    pub error: Option<String>,
+    /// The retry budget already spent by earlier rounds (a redrive starts a fresh one).
+    #[serde(default)]
+    pub redriven: u32,
+}
+
+/// One try of a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: u64,
+    pub duration_ms: u64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// What the function answered, kept with the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallResult {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// UTF-8 text, or base64 when `bodyEncoding` says so.
+    pub body: String,
+    pub body_encoding: String,
+}
+
+/// The 202 of POST /async-function/NAME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub call_id: String,
+    pub function: String,
+    /// GET it (admin or read token) to follow the call.
+    pub status_url: String,
+    /// An `Idempotency-Key` seen before: this is the first call's id, nothing new was stored.
+    pub duplicate: bool,
+}

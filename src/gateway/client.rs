@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::api::{Deleted, ErrorBody, FunctionInfo, Health, Logs, Reloaded, ScaleRequest};
+use super::api::{Call, Deleted, ErrorBody, FunctionInfo, Health, Logs, Reloaded, ScaleRequest};
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +197,48 @@ impl AdminClient {
             .text()
             .await
             .map_err(unreachable)
+    }
+
+    /// Async calls, newest first.
+    pub async fn calls(
+        &self,
+        function: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Call>, ClientError> {
+        let mut path = format!("/system/calls?limit={limit}");
+        if let Some(f) = function {
+            path.push_str(&format!("&function={f}"));
+        }
+        if let Some(s) = state {
+            path.push_str(&format!("&state={s}"));
+        }
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// One async call; with `wait`, once it finished or `wait` passed.
+    pub async fn async_call(&self, id: &str, wait: Option<Duration>) -> Result<Call, ClientError> {
+        let path = match wait {
+            Some(w) => format!("/system/calls/{id}?wait={}ms", w.as_millis()),
+            None => format!("/system/calls/{id}"),
+        };
+        let timeout = CALL_TIMEOUT + wait.unwrap_or_default();
+        self.call_with(Method::GET, &path, None::<&()>, timeout)
+            .await
+    }
+
+    pub async fn redrive(&self, id: &str) -> Result<Call, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/system/calls/{id}/redrive"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn purge(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, &format!("/system/calls/{id}"), None::<&()>)
+            .await
     }
 
     /// Reloads the repo; `verify` starts a function at zero once before switching it.

@@ -49,6 +49,26 @@ impl Reject {
 }
 
 /// A replica to send to, and how long the request waited for it.
+/// An internal caller of the engine: a schedule, an async call's delivery. Its headers
+/// (`X-Cubeflash-Trigger`, the call's own id, the attempt number) are set after the client's
+/// `X-Cubeflash-*` headers are dropped, so no client can forge them.
+#[derive(Debug, Clone)]
+pub struct Via {
+    pub trigger: &'static str,
+    pub call_id: Option<HeaderValue>,
+    pub attempt: Option<u32>,
+}
+
+impl Via {
+    pub fn trigger(trigger: &'static str) -> Self {
+        Self {
+            trigger,
+            call_id: None,
+            attempt: None,
+        }
+    }
+}
+
 /// Why `acquire_from` gave no slot.
 enum Waited {
     Refused(Reject),
@@ -92,17 +112,28 @@ impl Gateway {
         req: Request<B>,
         forward_path: &str,
         client: SocketAddr,
-        trigger: Option<&'static str>,
+        via: Option<Via>,
     ) -> Response<GatewayBody>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let call_id = self.next_call_id();
+        let call_id = match via.as_ref().and_then(|v| v.call_id.clone()) {
+            Some(id) => id,
+            None => self.next_call_id(),
+        };
         f.touch();
         let mut response = match self
-            .invoke(&f, req, forward_path, client, &call_id, trigger, started)
+            .invoke(
+                &f,
+                req,
+                forward_path,
+                client,
+                &call_id,
+                via.as_ref(),
+                started,
+            )
             .await
         {
             Ok(resp) => resp,
@@ -151,7 +182,7 @@ impl Gateway {
         forward_path: &str,
         client: SocketAddr,
         call_id: &HeaderValue,
-        trigger: Option<&'static str>,
+        via: Option<&Via>,
         started: Instant,
     ) -> Result<Response<GatewayBody>, Reject>
     where
@@ -202,10 +233,13 @@ impl Gateway {
         proxy::strip_internal(&mut parts.headers);
         proxy::set_forwarded(&mut parts.headers, client);
         parts.headers.insert(CALL_ID, call_id.clone());
-        if let Some(t) = trigger {
+        if let Some(via) = via {
             parts
                 .headers
-                .insert(proxy::TRIGGER, HeaderValue::from_static(t));
+                .insert(proxy::TRIGGER, HeaderValue::from_static(via.trigger));
+            if let Some(n) = via.attempt {
+                parts.headers.insert(proxy::ATTEMPT, HeaderValue::from(n));
+            }
         }
         parts.version = hyper::Version::HTTP_11;
         self.forward(f, Request::from_parts(parts, body), started)

@@ -30,6 +30,8 @@ pub struct FunctionState {
     pub hot: HotMetrics,
     /// Replaced by a reload: requests waiting for one of its replicas move to the successor.
     retired: std::sync::atomic::AtomicBool,
+    /// Async calls waiting for an attempt: demand for the autoscaler like queued requests.
+    async_pending: AtomicU32,
 }
 
 /// Per-function metric handles used on every request.
@@ -95,6 +97,7 @@ impl FunctionState {
             hot,
             metrics,
             retired: Default::default(),
+            async_pending: AtomicU32::new(0),
         })
     }
 
@@ -149,6 +152,19 @@ impl FunctionState {
         self.serverless.waiters().wake();
     }
 
+    /// Async calls waiting for an attempt (the delivery loop says).
+    pub fn set_async_pending(&self, n: u32) {
+        self.async_pending.store(n, Ordering::Relaxed);
+        self.metrics
+            .async_pending
+            .get_or_create(&label(self.name()))
+            .set(i64::from(n));
+    }
+
+    pub fn async_pending(&self) -> u32 {
+        self.async_pending.load(Ordering::Relaxed)
+    }
+
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)
     }
@@ -187,7 +203,7 @@ impl FunctionState {
     pub fn autoscale(&self) {
         let spec = &self.entry.scale;
         let current = self.serverless.wanted();
-        let demand = self.inflight() + self.queued();
+        let demand = self.inflight() + self.queued() + self.async_pending();
         let bounds = scaler::Bounds {
             min: spec.min,
             max: spec.max,

@@ -20,9 +20,11 @@ use crate::runtime::replicas::{ProbeClient, ReplicaSet};
 use crate::spec::{self, Function, Repo};
 
 use super::api::{Reloaded, RolloutFailure};
+use super::async_calls::AsyncCalls;
 use super::function::FunctionState;
 use super::table::RouteEntry;
 use super::{Backend, Gateway, GatewayError};
+use crate::triggers::calls::CallStore;
 
 pub struct LocalBackend {
     root: PathBuf,
@@ -36,7 +38,13 @@ pub struct LocalBackend {
     reloading: tokio::sync::Mutex<()>,
     /// The code copy (`local::snapshot`) each serving version runs from.
     dirs: Arc<Mutex<HashMap<String, PathBuf>>>,
+    /// Async calls, in `.cubeflash/calls.redb` (None when it could not be opened: async
+    /// calls then answer 503).
+    calls: Option<Arc<AsyncCalls>>,
 }
+
+/// The async call store under the state dir.
+pub const CALLS_FILE: &str = "calls.redb";
 
 /// How long in-flight requests may take to finish before a replica is stopped anyway.
 fn drain_grace(f: &Function) -> Duration {
@@ -68,6 +76,13 @@ impl LocalBackend {
             loaded: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
             dirs: Arc::default(),
+            calls: match CallStore::open(&state_dir.join(CALLS_FILE)) {
+                Ok(store) => Some(AsyncCalls::new(store)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "async calls are off: their store cannot be opened");
+                    None
+                }
+            },
         });
         // A fresh start: no replica of an earlier gateway runs from these any more.
         let _ = std::fs::remove_dir_all(state_dir.join(local::VERSIONS_DIR));
@@ -412,6 +427,10 @@ impl Backend for LocalBackend {
         None
     }
 
+    fn calls(&self) -> Option<Arc<AsyncCalls>> {
+        self.calls.clone()
+    }
+
     fn reload<'a>(
         &'a self,
         gateway: &'a Arc<Gateway>,
@@ -431,7 +450,14 @@ impl Backend for LocalBackend {
         gateway: Arc<Gateway>,
         _stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tokio::spawn(schedule_loop(gateway))]
+        let mut loops = vec![tokio::spawn(schedule_loop(gateway.clone()))];
+        if let Some(calls) = &self.calls {
+            loops.push(tokio::spawn(super::async_calls::deliver_loop(
+                gateway,
+                calls.clone(),
+            )));
+        }
+        loops
     }
 
     fn shutdown(&self) {
@@ -480,7 +506,13 @@ async fn schedule_loop(gateway: Arc<Gateway>) {
                     .body(Full::new(Bytes::from(body)))
                     .expect("a valid request");
                 let resp = gateway
-                    .dispatch_as(f.clone(), req, "/", me, Some("schedule"))
+                    .dispatch_as(
+                        f.clone(),
+                        req,
+                        "/",
+                        me,
+                        Some(super::dispatch::Via::trigger("schedule")),
+                    )
                     .await;
                 let outcome = resp.status().to_string();
                 let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

@@ -142,6 +142,12 @@ pub struct Metrics {
     pub queued: Family<FunctionLabel, Gauge>,
     pub replica_seconds: Family<KindLabels, Counter<f64, AtomicU64>>,
     pub upstream_idle: Gauge,
+    pub async_accepted: Family<FunctionLabel, Counter>,
+    pub async_delivered: Family<FunctionLabel, Counter>,
+    pub async_retried: Family<FunctionLabel, Counter>,
+    pub async_failed: Family<FunctionLabel, Counter>,
+    pub async_dead: Family<FunctionLabel, Counter>,
+    pub async_pending: Family<FunctionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -159,6 +165,12 @@ impl Default for Metrics {
             queued: Family::default(),
             replica_seconds: Family::default(),
             upstream_idle: Gauge::default(),
+            async_accepted: Family::default(),
+            async_delivered: Family::default(),
+            async_retried: Family::default(),
+            async_failed: Family::default(),
+            async_dead: Family::default(),
+            async_pending: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,6 +227,40 @@ impl Default for Metrics {
             "upstream_idle_connections",
             "Keep-alive connections to replicas waiting in the gateway's pool",
             m.upstream_idle.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "async_accepted",
+                "Async calls stored and answered 202",
+                &m.async_accepted,
+            ),
+            (
+                "async_delivered",
+                "Async calls the function answered 2xx",
+                &m.async_delivered,
+            ),
+            (
+                "async_retried",
+                "Async call attempts that failed and will be retried",
+                &m.async_retried,
+            ),
+            (
+                "async_failed",
+                "Async calls the function refused with a 4xx (not retried)",
+                &m.async_failed,
+            ),
+            (
+                "async_dead",
+                "Async calls that used up their retries or maxAge",
+                &m.async_dead,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "async_pending_calls",
+            "Async calls waiting for an attempt",
+            m.async_pending.clone(),
         );
         Self { registry, ..m }
     }

@@ -19,6 +19,8 @@ pub const COLD_START: HeaderName = HeaderName::from_static("x-cubeflash-cold-sta
 /// On answers the gateway gives itself: `gateway`.
 pub const ORIGIN: HeaderName = HeaderName::from_static("x-cubeflash-origin");
 pub const ORIGIN_GATEWAY: HeaderValue = HeaderValue::from_static("gateway");
+/// On an async call's delivery: which attempt this is, from 1.
+pub const ATTEMPT: HeaderName = HeaderName::from_static("x-cubeflash-attempt");
 pub const TRIGGER: HeaderName = HeaderName::from_static("x-cubeflash-trigger");
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -35,6 +35,9 @@ pub struct RouteEntry {
     pub triggers: Vec<Trigger>,
     pub scale: Scale,
     pub timeout: Dur,
+    /// How async calls to it are retried.
+    #[serde(default, rename = "async")]
+    pub retry: crate::spec::function::RetryPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl RouteEntry {
             triggers: spec.triggers.clone(),
             scale: spec.scale.clone(),
             timeout: spec.timeout.clone(),
+            retry: spec.retry.clone(),
         }
     }
 

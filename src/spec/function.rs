@@ -31,6 +31,10 @@ pub mod defaults {
     pub const MEMORY: &str = "128Mi";
     pub const CPU_LIMIT: &str = "1";
     pub const BASELINE_REPLICAS: u32 = 1;
+    pub const ASYNC_RETRIES: u32 = 5;
+    pub const ASYNC_MIN_BACKOFF: &str = "1s";
+    pub const ASYNC_MAX_BACKOFF: &str = "1m";
+    pub const ASYNC_MAX_AGE: &str = "1h";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +129,30 @@ pub struct Scale {
     pub cold_start_timeout: Dur,
 }
 
+/// How an async call (or a queue message) is retried: up to `retries` more attempts, waiting
+/// `minBackoff` doubling up to `maxBackoff` (with jitter) between them, and never once it is
+/// older than `maxAge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    pub retries: u32,
+    pub min_backoff: Dur,
+    pub max_backoff: Dur,
+    pub max_age: Dur,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: defaults::ASYNC_RETRIES,
+            min_backoff: Dur::parse(defaults::ASYNC_MIN_BACKOFF).expect("default parses"),
+            max_backoff: Dur::parse(defaults::ASYNC_MAX_BACKOFF).expect("default parses"),
+            max_age: Dur::parse(defaults::ASYNC_MAX_AGE).expect("default parses"),
+        }
+    }
+}
+
 impl Default for Scale {
     fn default() -> Self {
         Self {
@@ -193,6 +221,8 @@ pub struct FunctionSpec {
     pub resources: Resources,
     pub timeout: Dur,
     pub baseline: Option<Baseline>,
+    /// Retries of async calls.
+    pub retry: RetryPolicy,
     pub locs: FunctionLocs,
 }
 
@@ -228,6 +258,7 @@ const TOP_KEYS: &[&str] = &[
     "resources",
     "timeout",
     "baseline",
+    "async",
 ];
 
 /// Decodes a function.yaml, reporting every problem found in it.
@@ -337,6 +368,7 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
             .unwrap_or(defaults::BASELINE_REPLICAS);
         Some(Baseline { replicas })
     });
+    let retry = f.get("async").map(|n| read_retry(r, n)).unwrap_or_default();
 
     Some(FunctionSpec {
         name: name?,
@@ -349,8 +381,42 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
         resources,
         timeout,
         baseline,
+        retry,
         locs,
     })
+}
+
+fn read_retry(r: &mut Reader, node: &Node) -> RetryPolicy {
+    let mut policy = RetryPolicy::default();
+    let Some(f) = r.mapping(
+        node,
+        "async",
+        &["retries", "minBackoff", "maxBackoff", "maxAge"],
+    ) else {
+        return policy;
+    };
+    if let Some(n) = f.get("retries") {
+        policy.retries = r
+            .uint(n, "async.retries", 0, 100)
+            .unwrap_or(defaults::ASYNC_RETRIES);
+    }
+    policy.min_backoff = duration(r, &f, "minBackoff", defaults::ASYNC_MIN_BACKOFF);
+    policy.max_backoff = duration(r, &f, "maxBackoff", defaults::ASYNC_MAX_BACKOFF);
+    policy.max_age = duration(r, &f, "maxAge", defaults::ASYNC_MAX_AGE);
+    if policy.min_backoff.value > policy.max_backoff.value {
+        if let Some(n) = f.get("minBackoff") {
+            r.error(
+                n,
+                "async.minBackoff",
+                format!(
+                    "minBackoff ({}) is longer than maxBackoff ({})",
+                    policy.min_backoff.text, policy.max_backoff.text
+                ),
+                "lower minBackoff or raise maxBackoff",
+            );
+        }
+    }
+    policy
 }
 
 fn read_handler(

@@ -1,0 +1,478 @@
+//! Async invocations, written once against the engine: `POST /async-function/NAME[/rest]`
+//! stores the call durably (the backend's `CallStore`) and answers 202 with its id; a
+//! delivery loop leases due calls per function (at most `scale.max × scale.concurrency` at
+//! once, so one slow function never holds up another), invokes them through the engine (a
+//! function at zero scales up; pending calls count toward its scale), extends the lease
+//! while a call runs, and retries with exponential backoff and jitter per the function's
+//! `async` policy: 429, 5xx (the gateway's own 502/504 for connect errors and timeouts
+//! among them) and `Retry-After` are honoured; another 4xx fails at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::Notify;
+
+use super::api::{self, Accepted, Attempt, CallResult};
+use super::body::BoxError;
+use super::dispatch::Via;
+use super::function::FunctionState;
+use super::proxy::{self, GatewayBody};
+use super::{json_error, json_response, Gateway};
+use crate::triggers::calls::{now_ms, CallStore, NewCall, Outcome, StoreError};
+
+/// How long a delivery holds a call before it must extend its lease.
+const LEASE: Duration = Duration::from_secs(30);
+/// Finished (succeeded, failed) calls are kept this long for `GET /system/calls/ID`.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Most calls of one function delivered at once.
+const MAX_PARALLEL: u32 = 1000;
+/// Pending calls counted for the autoscaler, at most.
+const PENDING_CAP: usize = 10_000;
+
+/// A backend's async calls: the store and the signals around it.
+pub struct AsyncCalls {
+    pub store: Arc<CallStore>,
+    /// A call was accepted or redriven: look for due calls now.
+    pub wake: Notify,
+    /// A call changed state: long-polls look again.
+    pub changed: Notify,
+}
+
+impl AsyncCalls {
+    pub fn new(store: CallStore) -> Arc<Self> {
+        Arc::new(Self {
+            store: Arc::new(store),
+            wake: Notify::new(),
+            changed: Notify::new(),
+        })
+    }
+}
+
+/// Runs a blocking store operation off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<CallStore>,
+    op: impl FnOnce(&CallStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || op(&store)).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::from(redb::Error::Io(std::io::Error::other(
+            e.to_string(),
+        )))),
+    }
+}
+
+/// Counts one delivery of a function as running until dropped.
+struct Running(Arc<Mutex<HashMap<String, u32>>>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.lock().expect("running lock").get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Stops a task when dropped (the lease keeper of a delivery).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The wait before attempt `n + 1` (after `n` failed ones): `min × 2^(n-1)`, at most `max`,
+/// with "equal jitter" (half fixed, half random) so retries of many calls spread out.
+pub fn backoff(n: u32, min: Duration, max: Duration) -> Duration {
+    let exp = min.saturating_mul(1u32 << n.saturating_sub(1).min(20));
+    let capped = exp.min(max);
+    let half = capped / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// `Retry-After` as seconds or an HTTP date, as a wait from now.
+pub fn retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+impl Gateway {
+    /// `POST /async-function/NAME[/rest]`: 202 once the call is stored; 404 for an unknown
+    /// function, 413 for a body over the limit, 503 when there is no store or it failed.
+    pub(super) async fn accept_async<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        rest: &str,
+    ) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let name = rest.split_once('/').map_or(rest, |(n, _)| n).to_string();
+        let forward = match &rest[name.len()..] {
+            "" => "/".to_string(),
+            tail => tail.to_string(),
+        };
+        let routes = self.routes();
+        if !routes.by_name.contains_key(&name) {
+            return routes.no_such_function(&name);
+        }
+        if req.method() != Method::POST {
+            let mut resp = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("an async call is a POST (the function then sees a POST to {forward})"),
+                Some(&name),
+            );
+            resp.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        let Some(calls) = self.backend().and_then(|b| b.calls()) else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "async calls are not available on this backend: in a cluster they need NATS JetStream, which this version of cubeflash does not support yet; call /function/NAME instead",
+                Some(&name),
+            );
+        };
+        let limit = self.config.max_body;
+        let (parts, body) = req.into_parts();
+        let read = tokio::time::timeout(
+            self.config.limits.body_timeout,
+            Limited::new(body, limit).collect(),
+        )
+        .await;
+        let body = match read {
+            Ok(Ok(b)) => b.to_bytes().to_vec(),
+            Ok(Err(_)) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the request body is larger than the gateway's limit of {limit} bytes (gateway.maxBodySize in cubeflash.yaml), or it broke off"),
+                    Some(&name),
+                )
+            }
+            Err(_) => {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stalled; nothing was stored",
+                    Some(&name),
+                )
+            }
+        };
+        let mut headers = parts.headers;
+        proxy::strip_hop_by_hop(&mut headers);
+        proxy::strip_internal(&mut headers);
+        let idempotency_key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let path = match parts.uri.query() {
+            Some(q) => format!("{forward}?{q}"),
+            None => forward,
+        };
+        let new = NewCall {
+            function: name.clone(),
+            method: "POST".into(),
+            path,
+            headers: headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            body,
+            idempotency_key,
+        };
+        let id = self.next_call_id().to_str().unwrap_or_default().to_string();
+        let stored = blocking(&calls.store, move |s| s.accept(new, id)).await;
+        match stored {
+            Ok((id, duplicate)) => {
+                if !duplicate {
+                    self.metrics
+                        .async_accepted
+                        .get_or_create(&super::metrics::label(&name))
+                        .inc();
+                    calls.wake.notify_one();
+                }
+                let status_url = format!("/system/calls/{id}");
+                let mut resp = json_response(
+                    StatusCode::ACCEPTED,
+                    &Accepted {
+                        call_id: id.clone(),
+                        function: name,
+                        status_url: status_url.clone(),
+                        duplicate,
+                    },
+                );
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    resp.headers_mut().insert(proxy::CALL_ID, v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&status_url) {
+                    resp.headers_mut().insert(hyper::header::LOCATION, v);
+                }
+                resp
+            }
+            Err(e) => {
+                tracing::error!(function = %name, error = %format!("{:#}", anyhow::Error::from(e)), "an async call could not be stored");
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the async call store failed; nothing was stored, retry shortly",
+                    Some(&name),
+                )
+            }
+        }
+    }
+}
+
+/// Delivers due calls until the gateway stops: requeues what a stopped gateway left
+/// running, then per function leases what its parallel budget allows.
+pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
+    match blocking(&calls.store, |s| s.requeue_running()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            calls = n,
+            "async calls a stopped gateway left running are delivered again"
+        ),
+        Err(e) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "could not requeue the async calls left running")
+        }
+    }
+    let running: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = calls.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let routes = gateway.routes();
+        for f in routes.functions() {
+            let name = f.name().to_string();
+            let busy = running
+                .lock()
+                .expect("running lock")
+                .get(&name)
+                .copied()
+                .unwrap_or(0);
+            let budget =
+                (f.entry.scale.max.max(1) * f.entry.scale.concurrency.max(1)).min(MAX_PARALLEL);
+            let free = budget.saturating_sub(busy) as usize;
+            let until = now_ms() + LEASE.as_millis() as u64;
+            let lookup = name.clone();
+            let (leased, pending) = match blocking(&calls.store, move |s| {
+                let leased = s.lease_due(&lookup, free, until)?;
+                Ok((leased, s.pending(&lookup, PENDING_CAP)?))
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(function = %name, error = %format!("{:#}", anyhow::Error::from(e)), "could not read the async call queue");
+                    continue;
+                }
+            };
+            f.set_async_pending(pending as u32);
+            for (call, body) in leased {
+                *running
+                    .lock()
+                    .expect("running lock")
+                    .entry(name.clone())
+                    .or_default() += 1;
+                let guard = Running(running.clone(), name.clone());
+                let (gateway, calls, f) = (gateway.clone(), calls.clone(), f.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    deliver(&gateway, &calls, f, call, body).await;
+                });
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            last_prune = std::time::Instant::now();
+            let before = now_ms().saturating_sub(RETENTION.as_millis() as u64);
+            if let Err(e) = blocking(&calls.store, move |s| s.prune(before)).await {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "could not prune finished async calls");
+            }
+        }
+    }
+}
+
+/// One attempt of `call` through the engine, and what follows from its answer.
+async fn deliver(
+    gateway: &Arc<Gateway>,
+    calls: &Arc<AsyncCalls>,
+    f: Arc<FunctionState>,
+    call: api::Call,
+    body: Vec<u8>,
+) {
+    let number = call.attempts.len() as u32 + 1;
+    let id = call.id.clone();
+    // The lease is kept while the call runs, however long it takes.
+    let keeper = {
+        let (store, id) = (calls.store.clone(), id.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let until = now_ms() + LEASE.as_millis() as u64;
+                let id = id.clone();
+                if let Err(e) = blocking(&store, move |s| s.extend(&id, until)).await {
+                    tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "could not extend an async call's lease");
+                }
+            }
+        }))
+    };
+    let mut req = Request::builder()
+        .method(call.method.as_str())
+        .uri(call.path.as_str());
+    for (k, v) in &call.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let started_at = now_ms();
+    let started = std::time::Instant::now();
+    let (status, head, bytes, error) = match req.body(Full::new(Bytes::from(body))) {
+        Ok(req) => {
+            let via = Via {
+                trigger: "async",
+                call_id: HeaderValue::from_str(&id).ok(),
+                attempt: Some(number),
+            };
+            let forward = call.path.split('?').next().unwrap_or("/").to_string();
+            let me: SocketAddr = ([127, 0, 0, 1], 0).into();
+            let resp: Response<GatewayBody> = gateway
+                .dispatch_as(f.clone(), req, &forward, me, Some(via))
+                .await;
+            let (head, body) = resp.into_parts();
+            let limit = gateway.config.max_body;
+            match Limited::new(body, limit).collect().await {
+                Ok(b) => (head.status, Some(head.headers), b.to_bytes(), None),
+                Err(e) => (
+                    head.status,
+                    Some(head.headers),
+                    Bytes::new(),
+                    Some(format!(
+                        "the answer broke off or was over {limit} bytes: {e}"
+                    )),
+                ),
+            }
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            None,
+            Bytes::new(),
+            Some(format!("the stored request is not valid HTTP: {e}")),
+        ),
+    };
+    drop(keeper);
+    let from_gateway = head
+        .as_ref()
+        .is_some_and(|h| h.get(proxy::ORIGIN).is_some());
+    let result = CallResult {
+        status: status.as_u16(),
+        headers: head
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        body: match std::str::from_utf8(&bytes) {
+            Ok(text) => text.to_string(),
+            Err(_) => base64::engine::general_purpose::STANDARD.encode(&bytes),
+        },
+        body_encoding: if std::str::from_utf8(&bytes).is_ok() {
+            "utf-8".into()
+        } else {
+            "base64".into()
+        },
+    };
+    let what = error.clone().unwrap_or_else(|| {
+        let said = if from_gateway {
+            serde_json::from_slice::<api::ErrorBody>(&bytes)
+                .map(|e| format!(": {}", e.error))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        format!("answered {status}{said}")
+    });
+    let attempt = Attempt {
+        number,
+        started_at,
+        duration_ms: started.elapsed().as_millis() as u64,
+        status: Some(status.as_u16()),
+        error: (!status.is_success()).then(|| what.clone()),
+    };
+    let policy = &f.entry.retry;
+    let outcome = if status.is_success() && error.is_none() {
+        Outcome::Succeeded(result)
+    } else if status.is_client_error()
+        && status != StatusCode::TOO_MANY_REQUESTS
+        && status != StatusCode::REQUEST_TIMEOUT
+    {
+        Outcome::Failed(result, format!("the function {what}; a 4xx is not retried"))
+    } else {
+        let tries_this_round = number - call.redriven;
+        let age = Duration::from_millis(now_ms().saturating_sub(call.accepted_at));
+        let wait = head
+            .as_ref()
+            .and_then(|h| h.get(hyper::header::RETRY_AFTER))
+            .filter(|_| !from_gateway || status == StatusCode::TOO_MANY_REQUESTS)
+            .and_then(retry_after)
+            .unwrap_or_else(|| {
+                backoff(
+                    tries_this_round,
+                    policy.min_backoff.value,
+                    policy.max_backoff.value,
+                )
+            });
+        if tries_this_round > policy.retries {
+            Outcome::Dead(format!(
+                "{} attempts failed (async.retries is {}); the last {what}",
+                tries_this_round, policy.retries
+            ))
+        } else if age + wait > policy.max_age.value {
+            Outcome::Dead(format!(
+                "the next attempt would come after async.maxAge ({}); the last {what}",
+                policy.max_age.text
+            ))
+        } else {
+            Outcome::Retry {
+                at: now_ms() + wait.as_millis() as u64,
+                error: what.clone(),
+            }
+        }
+    };
+    let label = super::metrics::label(f.name());
+    match &outcome {
+        Outcome::Succeeded(_) => gateway.metrics.async_delivered.get_or_create(&label).inc(),
+        Outcome::Retry { .. } => gateway.metrics.async_retried.get_or_create(&label).inc(),
+        Outcome::Dead(why) => {
+            tracing::warn!(function = %f.name(), call = %id, reason = %why, "async call is dead");
+            gateway.metrics.async_dead.get_or_create(&label).inc()
+        }
+        Outcome::Failed(..) => gateway.metrics.async_failed.get_or_create(&label).inc(),
+    };
+    if let Outcome::Retry { error, .. } = &outcome {
+        tracing::info!(function = %f.name(), call = %id, attempt = number, error = %error, "async call will be retried");
+    }
+    let id2 = id.clone();
+    if let Err(e) = blocking(&calls.store, move |s| s.finish(&id2, attempt, outcome)).await {
+        tracing::error!(call = %id, error = %format!("{:#}", anyhow::Error::from(e)), "could not record an async call's attempt");
+    }
+    calls.changed.notify_waiters();
+    calls.wake.notify_one();
+}

@@ -1,0 +1,435 @@
+//! The durable store of async calls on the local platform: an embedded transactional
+//! database (redb) at `.cubeflash/calls.redb`. A call is committed (fsync'd) before its 202;
+//! every state change is one transaction. Per-function queues of due calls are kept in key
+//! order (`function \0 due-time \0 id`), so one function's backlog never hides another's.
+//! Blocking: call it from `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::gateway::api::{Attempt, Call, CallResult, CallState};
+
+const CALLS: TableDefinition<&str, &[u8]> = TableDefinition::new("calls");
+const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
+/// `function \0 due-ms (20 digits) \0 id` → nothing: the calls waiting for an attempt.
+const DUE: TableDefinition<&str, ()> = TableDefinition::new("due");
+/// `function \0 key` → `id \0 expires-ms`: Idempotency-Key answers.
+const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
+
+/// How long an `Idempotency-Key` answers with the first call's id.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3600 * 1000;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the async call store {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("the async call store failed")]
+    Db(#[source] Box<redb::Error>),
+    #[error("the async call store holds a record this cubeflash cannot read")]
+    Corrupt(#[source] serde_json::Error),
+    #[error("no call {0}")]
+    NotFound(String),
+    #[error("call {id} is {state:?}: only a dead or failed call can be redriven")]
+    NotDead { id: String, state: CallState },
+    #[error("call {0} is running: purge it once its attempt is over")]
+    Running(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(e: E) -> Self {
+        Self::Db(Box::new(e.into()))
+    }
+}
+
+/// A new call, as accepted.
+pub struct NewCall {
+    pub function: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub idempotency_key: Option<String>,
+}
+
+/// How an attempt ended, as the delivery worker judged it.
+pub enum Outcome {
+    Succeeded(CallResult),
+    Failed(CallResult, String),
+    /// Try again at `at` (ms), unless that is past the call's budget.
+    Retry {
+        at: u64,
+        error: String,
+    },
+    Dead(String),
+}
+
+pub struct CallStore {
+    db: Database,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn due_key(function: &str, at: u64, id: &str) -> String {
+    format!("{function}\0{at:020}\0{id}")
+}
+
+fn decode(bytes: &[u8]) -> Result<Call, StoreError> {
+    serde_json::from_slice(bytes).map_err(StoreError::Corrupt)
+}
+
+fn encode(call: &Call) -> Vec<u8> {
+    serde_json::to_vec(call).expect("a call serializes")
+}
+
+impl CallStore {
+    /// Opens (or creates) the store at `path`, 0600.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let db = Database::create(path).map_err(open)?;
+        let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(CALLS)?;
+            txn.open_table(BODIES)?;
+            txn.open_table(DUE)?;
+            txn.open_table(IDEMPOTENCY)?;
+        }
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Stores `new` durably and returns its id, or the id of the call an earlier request
+    /// with the same `Idempotency-Key` made (and true) within the window.
+    pub fn accept(&self, new: NewCall, id: String) -> Result<(String, bool), StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        {
+            let mut idem = txn.open_table(IDEMPOTENCY)?;
+            if let Some(key) = &new.idempotency_key {
+                let k = format!("{}\0{key}", new.function);
+                let seen = idem.get(k.as_str())?.map(|v| v.value().to_string());
+                if let Some((first, expires)) = seen.as_deref().and_then(|v| v.split_once('\0')) {
+                    if expires.parse::<u64>().is_ok_and(|e| e > now) {
+                        return Ok((first.to_string(), true));
+                    }
+                }
+                let value = format!("{id}\0{}", now + IDEMPOTENCY_WINDOW_MS);
+                idem.insert(k.as_str(), value.as_str())?;
+            }
+            let call = Call {
+                id: id.clone(),
+                function: new.function.clone(),
+                state: CallState::Queued,
+                method: new.method,
+                path: new.path,
+                headers: new.headers,
+                body_bytes: new.body.len() as u64,
+                accepted_at: now,
+                next_attempt_at: Some(now),
+                lease_until: None,
+                attempts: Vec::new(),
+                result: None,
+                error: None,
+                redriven: 0,
+            };
+            txn.open_table(CALLS)?
+                .insert(id.as_str(), encode(&call).as_slice())?;
+            txn.open_table(BODIES)?
+                .insert(id.as_str(), new.body.as_slice())?;
+            txn.open_table(DUE)?
+                .insert(due_key(&new.function, now, &id).as_str(), ())?;
+        }
+        txn.commit()?;
+        Ok((id, false))
+    }
+
+    /// Takes up to `n` of `function`'s calls that are due now: each is marked running with a
+    /// lease until `lease_until` and returned with its body.
+    pub fn lease_due(
+        &self,
+        function: &str,
+        n: usize,
+        lease_until: u64,
+    ) -> Result<Vec<(Call, Vec<u8>)>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let from = format!("{function}\0");
+        let to = format!("{function}\0{:020}\u{1}", now);
+        let txn = self.db.begin_write()?;
+        let mut out = Vec::new();
+        {
+            let mut due = txn.open_table(DUE)?;
+            let keys: Vec<String> = due
+                .range(from.as_str()..to.as_str())?
+                .take(n)
+                .map(|r| r.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()?;
+            let mut calls = txn.open_table(CALLS)?;
+            let bodies = txn.open_table(BODIES)?;
+            for key in keys {
+                due.remove(key.as_str())?;
+                let id = key.rsplit('\0').next().unwrap_or_default().to_string();
+                let Some(bytes) = calls.get(id.as_str())?.map(|v| v.value().to_vec()) else {
+                    continue;
+                };
+                let mut call = decode(&bytes)?;
+                call.state = CallState::Running;
+                call.lease_until = Some(lease_until);
+                call.next_attempt_at = None;
+                calls.insert(id.as_str(), encode(&call).as_slice())?;
+                let body = bodies
+                    .get(id.as_str())?
+                    .map(|v| v.value().to_vec())
+                    .unwrap_or_default();
+                out.push((call, body));
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// How many of `function`'s calls wait for an attempt (due now or later), counted up
+    /// to `cap`.
+    pub fn pending(&self, function: &str, cap: usize) -> Result<usize, StoreError> {
+        let from = format!("{function}\0");
+        let to = format!("{function}\u{1}");
+        let txn = self.db.begin_read()?;
+        let due = txn.open_table(DUE)?;
+        Ok(due.range(from.as_str()..to.as_str())?.take(cap).count())
+    }
+
+    /// Extends a running call's lease.
+    pub fn extend(&self, id: &str, lease_until: u64) -> Result<(), StoreError> {
+        self.update(id, |call| {
+            if call.state == CallState::Running {
+                call.lease_until = Some(lease_until);
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Records an attempt and what follows from it.
+    pub fn finish(&self, id: &str, attempt: Attempt, outcome: Outcome) -> Result<Call, StoreError> {
+        self.update_with(id, |call, due| {
+            call.attempts.push(attempt);
+            call.lease_until = None;
+            match outcome {
+                Outcome::Succeeded(result) => {
+                    call.state = CallState::Succeeded;
+                    call.result = Some(result);
+                    call.error = None;
+                }
+                Outcome::Failed(result, why) => {
+                    call.state = CallState::Failed;
+                    call.result = Some(result);
+                    call.error = Some(why);
+                }
+                Outcome::Dead(why) => {
+                    call.state = CallState::Dead;
+                    call.error = Some(why);
+                }
+                Outcome::Retry { at, error } => {
+                    call.state = CallState::Retrying;
+                    call.next_attempt_at = Some(at);
+                    call.error = Some(error);
+                    *due = Some(at);
+                }
+            }
+        })
+    }
+
+    /// Calls a stopped gateway left running: back in their queues now (delivery is at least
+    /// once). Returns how many.
+    pub fn requeue_running(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut calls = txn.open_table(CALLS)?;
+            let mut due = txn.open_table(DUE)?;
+            let running: Vec<Call> = calls
+                .iter()?
+                .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
+                .filter(|c| c.state == CallState::Running)
+                .collect();
+            for mut call in running {
+                call.attempts.push(Attempt {
+                    number: call.attempts.len() as u32 + 1,
+                    started_at: now,
+                    duration_ms: 0,
+                    status: None,
+                    error: Some("the gateway stopped during this attempt".into()),
+                });
+                call.state = CallState::Retrying;
+                call.lease_until = None;
+                call.next_attempt_at = Some(now);
+                call.error =
+                    Some("the gateway stopped while an attempt ran; it is delivered again".into());
+                calls.insert(call.id.as_str(), encode(&call).as_slice())?;
+                due.insert(due_key(&call.function, now, &call.id).as_str(), ())?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Call, StoreError> {
+        let txn = self.db.begin_read()?;
+        let calls = txn.open_table(CALLS)?;
+        let bytes = calls
+            .get(id)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        decode(&bytes)
+    }
+
+    /// Calls of `function` (or all), in `state` (or any), newest first, at most `limit`.
+    pub fn list(
+        &self,
+        function: Option<&str>,
+        state: Option<CallState>,
+        limit: usize,
+    ) -> Result<Vec<Call>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let calls = txn.open_table(CALLS)?;
+        let mut out: Vec<Call> = Vec::new();
+        for row in calls.iter()? {
+            let (_, v) = row?;
+            let call = decode(v.value())?;
+            if function.is_some_and(|f| f != call.function)
+                || state.is_some_and(|s| s != call.state)
+            {
+                continue;
+            }
+            out.push(call);
+        }
+        out.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at).then(b.id.cmp(&a.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// A dead (or failed) call goes back in its queue with a fresh retry budget.
+    pub fn redrive(&self, id: &str) -> Result<Call, StoreError> {
+        let current = self.get(id)?;
+        if !matches!(current.state, CallState::Dead | CallState::Failed) {
+            return Err(StoreError::NotDead {
+                id: id.to_string(),
+                state: current.state,
+            });
+        }
+        let now = now_ms();
+        self.update_with(id, |call, due| {
+            call.state = CallState::Queued;
+            call.redriven = call.attempts.len() as u32;
+            call.next_attempt_at = Some(now);
+            call.accepted_at = now;
+            call.error = None;
+            *due = Some(now);
+        })
+    }
+
+    /// Removes a call that is not running, with its body; false if there was none.
+    pub fn purge(&self, id: &str) -> Result<bool, StoreError> {
+        let Ok(call) = self.get(id) else {
+            return Ok(false);
+        };
+        if call.state == CallState::Running {
+            return Err(StoreError::Running(id.to_string()));
+        }
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(CALLS)?.remove(id)?;
+            txn.open_table(BODIES)?.remove(id)?;
+            if let Some(at) = call.next_attempt_at {
+                txn.open_table(DUE)?
+                    .remove(due_key(&call.function, at, id).as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Forgets succeeded and failed calls finished before `before` (ms), and expired
+    /// idempotency keys; dead calls stay until purged. Returns how many calls went.
+    pub fn prune(&self, before: u64) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut calls = txn.open_table(CALLS)?;
+            let mut bodies = txn.open_table(BODIES)?;
+            let old: Vec<String> = calls
+                .iter()?
+                .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
+                .filter(|c| {
+                    matches!(c.state, CallState::Succeeded | CallState::Failed)
+                        && c.attempts
+                            .last()
+                            .is_some_and(|a| a.started_at + a.duration_ms < before)
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in old {
+                calls.remove(id.as_str())?;
+                bodies.remove(id.as_str())?;
+                n += 1;
+            }
+            txn.open_table(IDEMPOTENCY)?.retain(|_, v| {
+                v.split_once('\0')
+                    .and_then(|(_, e)| e.parse::<u64>().ok())
+                    .is_some_and(|e| e > now)
+            })?;
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut Call)) -> Result<Call, StoreError> {
+        self.update_with(id, |call, _| change(call))
+    }
+
+    /// Changes one call in a transaction; `due` set by `change` queues it at that time.
+    fn update_with(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Call, &mut Option<u64>),
+    ) -> Result<Call, StoreError> {
+        let txn = self.db.begin_write()?;
+        let call = {
+            let mut calls = txn.open_table(CALLS)?;
+            let bytes = calls
+                .get(id)?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            let mut call = decode(&bytes)?;
+            let mut due = None;
+            change(&mut call, &mut due);
+            calls.insert(id, encode(&call).as_slice())?;
+            if let Some(at) = due {
+                txn.open_table(DUE)?
+                    .insert(due_key(&call.function, at, id).as_str(), ())?;
+            }
+            call
+        };
+        txn.commit()?;
+        Ok(call)
+    }
+}

@@ -1,0 +1,294 @@
+//! Async calls on the local platform: POST /async-function/NAME answers 202 only once the
+//! call is stored (redb under .cubeflash/), the gateway delivers it through the engine with
+//! retries, and /system/calls shows it. Real gateway, real python replicas, loopback only.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::gateway::{client, TestGateway, UpProcess, TOKEN};
+use common::{need, repo_root, temp_tree};
+use serde_json::Value;
+
+const POLICY: &str = "async: { retries: 2, minBackoff: 100ms, maxBackoff: 200ms, maxAge: 1m }\n";
+
+fn repo(extra: &str) -> tempfile::TempDir {
+    let handler =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/async/handler.py")).unwrap();
+    let yaml = format!("name: job\nruntime: python\nhandler: handler.py\n{extra}");
+    temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        ("functions/job/function.yaml", yaml.as_str()),
+        ("functions/job/handler.py", handler.as_str()),
+    ])
+}
+
+/// POSTs an async call; its status and JSON answer.
+fn post(base: &str, rest: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = client()
+        .post(format!("{base}/async-function/job{rest}"))
+        .body(body.to_string());
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// GET /system/calls/ID, waiting up to `wait` for it to finish.
+fn call(base: &str, id: &str, wait: &str) -> Value {
+    client()
+        .get(format!("{base}/system/calls/{id}?wait={wait}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn result_body(call: &Value) -> Value {
+    serde_json::from_str(call["result"]["body"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn an_async_call_is_stored_then_delivered_with_its_id_and_shown() {
+    need("python3");
+    let gw = TestGateway::serve(repo(POLICY));
+    let resp = client()
+        .post(gw.url("/async-function/job/ok?x=1"))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.headers()["x-cubeflash-call-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        resp.headers()["location"],
+        format!("/system/calls/{id}").as_str()
+    );
+    let accepted: Value = resp.json().unwrap();
+    assert_eq!(accepted["callId"], id.as_str());
+    let done = call(&gw.url(""), &id, "20s");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"].as_array().unwrap().len(), 1);
+    let seen = result_body(&done);
+    assert_eq!(
+        seen["call"],
+        id.as_str(),
+        "the handler sees the call's own id"
+    );
+    assert_eq!(seen["attempt"], "1");
+    assert_eq!(seen["trigger"], "async");
+    assert_eq!(seen["body"], "hello");
+    assert_eq!(seen["query"]["x"], "1");
+    // Listed, and counted.
+    let list = gw.admin("/system/calls?function=job");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(gw
+        .metrics()
+        .contains("cubeflash_async_delivered_total{function=\"job\"} 1"));
+}
+
+#[test]
+fn failures_are_retried_with_backoff_until_the_function_succeeds() {
+    need("python3");
+    let gw = TestGateway::serve(repo(POLICY));
+    let (status, accepted) = post(&gw.url(""), "/flaky?fail=2", "k1", None);
+    assert_eq!(status, 202);
+    let done = call(&gw.url(""), accepted["callId"].as_str().unwrap(), "20s");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let attempts = done["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{done}");
+    assert_eq!(attempts[0]["status"], 503);
+    assert_eq!(result_body(&done)["attempt"], "3");
+}
+
+#[test]
+fn a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven() {
+    need("python3");
+    let gw = TestGateway::serve(repo(POLICY));
+    let base = gw.url("");
+    let (_, bad) = post(&base, "/status?code=422", "x", None);
+    let failed = call(&base, bad["callId"].as_str().unwrap(), "20s");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(
+        failed["attempts"].as_array().unwrap().len(),
+        1,
+        "a 4xx is not retried"
+    );
+    let (_, down) = post(&base, "/status?code=500", "y", None);
+    let id = down["callId"].as_str().unwrap().to_string();
+    let dead = call(&base, &id, "20s");
+    assert_eq!(dead["state"], "dead", "{dead}");
+    assert_eq!(
+        dead["attempts"].as_array().unwrap().len(),
+        3,
+        "1 + async.retries (2)"
+    );
+    assert!(
+        dead["error"]
+            .as_str()
+            .unwrap()
+            .contains("async.retries is 2"),
+        "{dead}"
+    );
+    let listed = gw.admin("/system/calls?state=dead");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // Redrive: a fresh budget of 1 + 2 attempts.
+    let r = client()
+        .post(gw.url(&format!("/system/calls/{id}/redrive")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again = call(&base, &id, "20s");
+    assert_eq!(again["state"], "dead", "{again}");
+    assert_eq!(again["attempts"].as_array().unwrap().len(), 6, "{again}");
+    // A call that is not dead cannot be redriven; purge removes it.
+    let (_, ok) = post(&base, "/ok", "z", None);
+    let ok_id = ok["callId"].as_str().unwrap();
+    call(&base, ok_id, "20s");
+    let r = client()
+        .post(gw.url(&format!("/system/calls/{ok_id}/redrive")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = client()
+        .delete(gw.url(&format!("/system/calls/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let gone = client()
+        .get(gw.url(&format!("/system/calls/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+}
+
+#[test]
+fn refused_calls_are_never_stored() {
+    need("python3");
+    let gw = TestGateway::serve(repo(POLICY));
+    let r = client()
+        .post(gw.url("/async-function/nope"))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client().get(gw.url("/async-function/job")).send().unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let big = vec![b'x'; 7 * 1024 * 1024];
+    let r = client()
+        .post(gw.url("/async-function/job"))
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Calls are for the admin's eyes: no token, no list.
+    let r = client().get(gw.url("/system/calls")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(gw.admin("/system/calls"), serde_json::json!([]));
+}
+
+#[test]
+fn an_idempotency_key_answers_with_the_first_calls_id() {
+    need("python3");
+    let gw = TestGateway::serve(repo(POLICY));
+    let base = gw.url("");
+    let (_, first) = post(&base, "/ok", "a", Some("order-17"));
+    let (_, second) = post(&base, "/ok", "a", Some("order-17"));
+    assert_eq!(first["callId"], second["callId"]);
+    assert_eq!(second["duplicate"], true);
+    let (_, other) = post(&base, "/ok", "a", Some("order-18"));
+    assert_ne!(first["callId"], other["callId"]);
+    call(&base, first["callId"].as_str().unwrap(), "20s");
+    call(&base, other["callId"].as_str().unwrap(), "20s");
+    assert_eq!(gw.admin("/system/calls").as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn an_accepted_call_survives_a_killed_gateway() {
+    need("python3");
+    let root = repo(POLICY);
+    let env = [("CUBEFLASH_ADMIN_TOKEN", TOKEN)];
+    let mut up = UpProcess::start(root.path(), &env);
+    let base = up.url.clone();
+    let (status, accepted) = post(&base, "/slow?s=3", "durable", None);
+    assert_eq!(status, 202);
+    let id = accepted["callId"].as_str().unwrap().to_string();
+    // Kill it mid-attempt: the call is running, its lease held by a gateway that is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(&base, &id, "0s")["state"] != "running" {
+        assert!(Instant::now() < deadline, "never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = up.child.wait();
+    let up = UpProcess::start(root.path(), &env);
+    let done = call(&up.url, &id, "30s");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let attempts = done["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "the interrupted attempt is recorded: {done}"
+    );
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("gateway stopped"),
+        "{done}"
+    );
+    assert_eq!(
+        result_body(&done)["attempt"],
+        "2",
+        "a redelivery says so: {done}"
+    );
+    assert_eq!(result_body(&done)["body"], "durable");
+    drop(up);
+}
+
+#[test]
+fn the_cli_sends_async_calls_and_follows_them() {
+    need("python3");
+    let p = common::gateway::Platform::new(repo(POLICY));
+    let (code, out, err) = p.run(&["deploy"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, id, err) = p.run(&["invoke", "job", "--async", "-d", "from the cli"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = id.trim().to_string();
+    assert!(err.contains(&format!("cubeflash calls show {id}")), "{err}");
+    let (code, shown, err) = p.run(&["calls", "show", &id, "--wait", "20s"]);
+    assert_eq!(code, Some(0), "{err}");
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    assert_eq!(result_body(&shown)["body"], "from the cli");
+    let (code, listed, _) = p.run(&["calls", "job"]);
+    assert_eq!(code, Some(0));
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_default();
+    assert!(row.contains("succeeded"), "{listed}");
+    let (code, _, err) = p.run(&["invoke", "job", "--async", "-X", "GET"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("an async call is a POST"), "{err}");
+    let (code, _, err) = p.run(&["calls", "show", "no-such-call"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no async call \"no-such-call\""), "{err}");
+    let (code, _, err) = p.run(&["calls", "redrive", &id]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("only a dead or failed call can be redriven"),
+        "{err}"
+    );
+}
