@@ -34,6 +34,9 @@ const LEASE: Duration = Duration::from_secs(30);
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Most calls of one function delivered at once.
 const MAX_PARALLEL: u32 = 1000;
+/// How often the queues are looked at when nothing wakes the loop (an accept, a finished
+/// attempt, a retry falling due does).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Pending calls counted for the autoscaler, at most.
 const PENDING_CAP: usize = 10_000;
 
@@ -91,12 +94,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// The wait before attempt `n + 1` (after `n` failed ones): `min × 2^(n-1)`, at most `max`,
-/// with "equal jitter" (half fixed, half random) so retries of many calls spread out.
+/// less up to 20% at random, so the retries of many calls spread out while each gap stays
+/// within 20% of the policy.
 pub fn backoff(n: u32, min: Duration, max: Duration) -> Duration {
     let exp = min.saturating_mul(1u32 << n.saturating_sub(1).min(20));
-    let capped = exp.min(max);
-    let half = capped / 2;
-    half + half.mul_f64(fastrand::f64())
+    exp.min(max).mul_f64(1.0 - 0.2 * fastrand::f64())
 }
 
 /// `Retry-After` as seconds or an HTTP date, as a wait from now.
@@ -255,7 +257,7 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
     loop {
         tokio::select! {
             _ = calls.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(IDLE_TICK) => {}
         }
         let routes = gateway.routes();
         for f in routes.functions() {
@@ -466,8 +468,17 @@ async fn deliver(
         }
         Outcome::Failed(..) => gateway.metrics.async_failed.get_or_create(&label).inc(),
     };
-    if let Outcome::Retry { error, .. } = &outcome {
+    if let Outcome::Retry { error, at } = &outcome {
         tracing::info!(function = %f.name(), call = %id, attempt = number, error = %error, "async call will be retried");
+        // Wake the loop when it falls due, not at its next idle tick.
+        let (calls, wait) = (
+            calls.clone(),
+            Duration::from_millis(at.saturating_sub(now_ms())),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            calls.wake.notify_one();
+        });
     }
     let id2 = id.clone();
     if let Err(e) = blocking(&calls.store, move |s| s.finish(&id2, attempt, outcome)).await {
@@ -475,4 +486,44 @@ async fn deliver(
     }
     calls.changed.notify_waiters();
     calls.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{backoff, retry_after};
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_within_twenty_percent() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(1000));
+        for (n, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (30, 1000),
+        ] {
+            for _ in 0..200 {
+                let d = backoff(n, min, max).as_millis() as u64;
+                assert!(
+                    d <= full && d >= full * 8 / 10,
+                    "attempt {n}: {d} ms, policy {full} ms"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let v = |s: &str| hyper::header::HeaderValue::from_str(s).unwrap();
+        assert_eq!(retry_after(&v("7")), Some(Duration::from_secs(7)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let wait = retry_after(&v(&httpdate::fmt_http_date(soon))).unwrap();
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after(&v("soon")), None);
+    }
 }

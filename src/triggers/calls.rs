@@ -172,19 +172,29 @@ impl CallStore {
         let now = now_ms();
         let from = format!("{function}\0");
         let to = format!("{function}\0{:020}\u{1}", now);
+        // Looked for in a read transaction first: an idle queue costs no write (no fsync).
+        let keys: Vec<String> = {
+            let txn = self.db.begin_read()?;
+            let due = txn.open_table(DUE)?;
+            due.range(from.as_str()..to.as_str())?
+                .take(n)
+                .map(|r| r.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()?
+        };
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.db.begin_write()?;
         let mut out = Vec::new();
         {
             let mut due = txn.open_table(DUE)?;
-            let keys: Vec<String> = due
-                .range(from.as_str()..to.as_str())?
-                .take(n)
-                .map(|r| r.map(|(k, _)| k.value().to_string()))
-                .collect::<Result<_, _>>()?;
             let mut calls = txn.open_table(CALLS)?;
             let bodies = txn.open_table(BODIES)?;
             for key in keys {
-                due.remove(key.as_str())?;
+                // Gone meanwhile (purged): skip it.
+                if due.remove(key.as_str())?.is_none() {
+                    continue;
+                }
                 let id = key.rsplit('\0').next().unwrap_or_default().to_string();
                 let Some(bytes) = calls.get(id.as_str())?.map(|v| v.value().to_vec()) else {
                     continue;
