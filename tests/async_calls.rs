@@ -364,3 +364,116 @@ fn two_hundred_calls_survive_a_gateway_killed_mid_drain() {
     assert!(redelivered <= 8, "{redelivered} delivered twice");
     eprintln!("{redelivered} of 200 calls were delivered twice after the kill");
 }
+
+/// A callback receiver on loopback: answers `statuses` in turn (then 200), and keeps each
+/// request's head and body.
+fn receiver(statuses: Vec<u16>) -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut statuses = statuses.into_iter();
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let status = statuses.next().unwrap_or(200);
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send((head, body));
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_callback_gets_the_signed_result_and_is_retried_on_500() {
+    need("python3");
+    let (port, got) = receiver(vec![500]);
+    let root = repo(POLICY);
+    let yaml = format!("namespace: test\ngateway: {{ callbackHosts: [\"127.0.0.1:{port}\"] }}\n");
+    std::fs::write(root.path().join("cubeflash.yaml"), yaml).unwrap();
+    let gw = TestGateway::serve(root);
+    // A host that is not allowed is refused before anything is stored.
+    let r = client()
+        .post(gw.url("/async-function/job/ok"))
+        .header("X-Callback-Url", "http://169.254.169.254/latest/meta-data")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("gateway.callbackHosts"));
+    assert_eq!(gw.admin("/system/calls"), serde_json::json!([]));
+    let r = client()
+        .post(gw.url("/async-function/job/ok"))
+        .header("X-Callback-Url", format!("http://127.0.0.1:{port}/hook"))
+        .body("called back")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-cubeflash-call-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let first = got.recv_timeout(Duration::from_secs(20)).unwrap();
+    let second = got.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(first.0.starts_with("POST /hook"), "{}", first.0);
+    assert_eq!(first.1, second.1, "the retry sends the same result");
+    let sent: Value = serde_json::from_slice(&second.1).unwrap();
+    assert_eq!(sent["id"], id.as_str());
+    assert_eq!(sent["state"], "succeeded");
+    assert_eq!(result_body(&sent)["body"], "called back");
+    assert!(
+        !sent["headers"].to_string().contains("x-callback-url"),
+        "the function never sees where its result goes"
+    );
+    // The signature verifies with the secret in .cubeflash/callback-secret.
+    use hmac::Mac;
+    let secret =
+        std::fs::read_to_string(gw.root.path().join(".cubeflash/callback-secret")).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.trim().as_bytes()).unwrap();
+    mac.update(&second.1);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let signature = second
+        .0
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-cubeflash-signature:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap();
+    assert_eq!(signature, format!("sha256={want}"));
+    // Recorded with the call.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = call(&gw.url(""), &id, "0s");
+        if c["callback"]["delivered"] == true {
+            assert_eq!(c["callback"]["attempts"], 2, "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -162,6 +162,20 @@ pub struct Call {
     /// The retry budget already spent by earlier rounds (a redrive starts a fresh one).
     #[serde(default)]
     pub redriven: u32,
+    /// Where the outcome goes once the call is finished (`X-Callback-Url`), and how that went.
+    #[serde(default)]
+    pub callback: Option<Callback>,
+}
+
+/// An async call's callback: POST of the finished call (this JSON) to `url`, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Callback {
+    pub url: String,
+    pub attempts: u32,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub delivered: bool,
 }
 
 /// One try of a call.

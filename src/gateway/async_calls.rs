@@ -47,16 +47,117 @@ pub struct AsyncCalls {
     pub wake: Notify,
     /// A call changed state: long-polls look again.
     pub changed: Notify,
+    /// Hosts a callback may go to (`gateway.callbackHosts`), updated on reload.
+    callback_hosts: std::sync::RwLock<Vec<String>>,
+    /// Signs callbacks: `X-Cubeflash-Signature: sha256=HEX(HMAC-SHA256(secret, body))`.
+    secret: String,
+    http: reqwest::Client,
 }
 
 impl AsyncCalls {
-    pub fn new(store: CallStore) -> Arc<Self> {
+    pub fn new(store: CallStore, secret: String) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(CALLBACK_TIMEOUT)
+            // A redirect could point anywhere: the allowed host is the one that gets it.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client builds");
         Arc::new(Self {
             store: Arc::new(store),
             wake: Notify::new(),
             changed: Notify::new(),
+            callback_hosts: Default::default(),
+            secret,
+            http,
         })
     }
+
+    pub fn set_callback_hosts(&self, hosts: Vec<String>) {
+        *self.callback_hosts.write().expect("hosts lock") = hosts;
+    }
+
+    /// Why `url` may not be a callback, if it may not.
+    fn refuse_callback(&self, url: &str) -> Option<String> {
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => u,
+            _ => return Some(format!("X-Callback-Url {url:?} is not an http(s) URL")),
+        };
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = parsed.port_or_known_default().unwrap_or(0);
+        let hosts = self.callback_hosts.read().expect("hosts lock");
+        let allowed = hosts
+            .iter()
+            .any(|h| *h == host || *h == format!("{host}:{port}"));
+        (!allowed).then(|| {
+            format!("callbacks to {host}:{port} are not allowed: add \"{host}:{port}\" (or \"{host}\") to gateway.callbackHosts in cubeflash.yaml")
+        })
+    }
+
+    /// The signature header value of `body`.
+    pub fn sign(&self, body: &[u8]) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes())
+            .expect("HMAC takes any key");
+        mac.update(body);
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256={hex}")
+    }
+}
+
+/// How long one try of a callback may take.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Header that carries a callback's signature.
+pub const SIGNATURE: &str = "x-cubeflash-signature";
+
+/// POSTs a finished call to its callback URL, signed, retried on 429/5xx and connect
+/// errors (1 s doubling, `CALLBACK_TRIES` tries in all); every try is recorded.
+async fn send_callback(calls: Arc<AsyncCalls>, call: api::Call) {
+    let Some(cb) = call.callback.clone() else {
+        return;
+    };
+    let body = serde_json::to_vec(&call).expect("a call serializes");
+    let signature = calls.sign(&body);
+    let mut wait = Duration::from_secs(1);
+    for _ in cb.attempts..crate::triggers::calls::CALLBACK_TRIES {
+        let sent = calls
+            .http
+            .post(&cb.url)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(proxy::CALL_ID.as_str(), call.id.as_str())
+            .header(SIGNATURE, signature.as_str())
+            .body(body.clone())
+            .send()
+            .await;
+        let (status, error, again) = match sent {
+            Ok(r) => {
+                let s = r.status();
+                let again = s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS;
+                let error = (!s.is_success()).then(|| format!("the callback answered {s}"));
+                (Some(s.as_u16()), error, again)
+            }
+            Err(e) => (None, Some(format!("the callback failed: {e}")), true),
+        };
+        let id = call.id.clone();
+        let done = status.is_some_and(|s| (200..300).contains(&s));
+        let recorded = error.clone();
+        if let Err(e) = blocking(&calls.store, move |s| {
+            s.callback_tried(&id, status, recorded)
+        })
+        .await
+        {
+            tracing::warn!(call = %call.id, error = %format!("{:#}", anyhow::Error::from(e)), "could not record a callback");
+        }
+        if done || !again {
+            if !done {
+                tracing::warn!(call = %call.id, url = %cb.url, error = ?error, "callback refused; not retried");
+            }
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    tracing::warn!(call = %call.id, url = %cb.url, "callback given up after its tries");
 }
 
 /// Runs a blocking store operation off the async workers.
@@ -183,6 +284,19 @@ impl Gateway {
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let callback_url = headers
+            .remove("x-callback-url")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        if let Some(why) = callback_url
+            .as_deref()
+            .and_then(|u| calls.refuse_callback(u))
+        {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("{why}; nothing was stored"),
+                Some(&name),
+            );
+        }
         let path = match parts.uri.query() {
             Some(q) => format!("{forward}?{q}"),
             None => forward,
@@ -197,6 +311,7 @@ impl Gateway {
                 .collect(),
             body,
             idempotency_key,
+            callback_url,
         };
         let id = self.next_call_id().to_str().unwrap_or_default().to_string();
         let stored = blocking(&calls.store, move |s| s.accept(new, id)).await;
@@ -250,6 +365,16 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
         ),
         Err(e) => {
             tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "could not requeue the async calls left running")
+        }
+    }
+    match blocking(&calls.store, |s| s.pending_callbacks()).await {
+        Ok(pending) => {
+            for call in pending {
+                tokio::spawn(send_callback(calls.clone(), call));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "could not read the callbacks still to send")
         }
     }
     let running: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
@@ -481,8 +606,14 @@ async fn deliver(
         });
     }
     let id2 = id.clone();
-    if let Err(e) = blocking(&calls.store, move |s| s.finish(&id2, attempt, outcome)).await {
-        tracing::error!(call = %id, error = %format!("{:#}", anyhow::Error::from(e)), "could not record an async call's attempt");
+    match blocking(&calls.store, move |s| s.finish(&id2, attempt, outcome)).await {
+        Ok(done) if done.state.finished() && done.callback.is_some() => {
+            tokio::spawn(send_callback(calls.clone(), done));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(call = %id, error = %format!("{:#}", anyhow::Error::from(e)), "could not record an async call's attempt")
+        }
     }
     calls.changed.notify_waiters();
     calls.wake.notify_one();

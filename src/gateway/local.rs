@@ -76,8 +76,16 @@ impl LocalBackend {
             loaded: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
             dirs: Arc::default(),
-            calls: match CallStore::open(&state_dir.join(CALLS_FILE)) {
-                Ok(store) => Some(AsyncCalls::new(store)),
+            calls: match CallStore::open(&state_dir.join(CALLS_FILE))
+                .map_err(anyhow::Error::from)
+                .and_then(|store| {
+                    let secret = super::tokens::file_token(
+                        state_dir,
+                        &state_dir.join(super::tokens::CALLBACK_SECRET_FILE),
+                    )?;
+                    Ok(AsyncCalls::new(store, secret))
+                }) {
+                Ok(calls) => Some(calls),
                 Err(e) => {
                     tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "async calls are off: their store cannot be opened");
                     None
@@ -236,6 +244,9 @@ impl LocalBackend {
         }
         self.runtimes
             .warm(repo.functions.iter().map(|f| f.spec.runtime));
+        if let Some(calls) = &self.calls {
+            calls.set_callback_hosts(repo.project.gateway.callback_hosts.clone());
+        }
         gateway.install(next);
         *self.loaded.lock().expect("loaded lock") = now_loaded;
         dirs.retain(|name, _| repo.functions.iter().any(|f| &f.spec.name == name));

@@ -45,8 +45,12 @@ impl Tokens {
     }
 }
 
+/// The secret an async call's callback is signed with (HMAC-SHA256), so a receiver can tell
+/// it came from this gateway.
+pub const CALLBACK_SECRET_FILE: &str = "callback-secret";
+
 /// The token in `path`, or a new random one written there (0600).
-fn file_token(state_dir: &Path, path: &Path) -> std::io::Result<String> {
+pub fn file_token(state_dir: &Path, path: &Path) -> std::io::Result<String> {
     if let Ok(token) = std::fs::read_to_string(path) {
         let token = token.trim().to_string();
         if !token.is_empty() {

@@ -54,6 +54,9 @@ pub struct GatewaySettings {
     pub body_timeout: Dur,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout: Dur,
+    /// Hosts (`host` or `host:port`) an async call's `X-Callback-Url` may name; none by
+    /// default, so a caller cannot make the gateway send requests anywhere.
+    pub callback_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,6 +87,7 @@ impl Default for ProjectSpec {
                 header_timeout: Dur::parse(defaults::HEADER_TIMEOUT).expect("default parses"),
                 body_timeout: Dur::parse(defaults::BODY_TIMEOUT).expect("default parses"),
                 idle_timeout: Dur::parse(defaults::IDLE_TIMEOUT).expect("default parses"),
+                callback_hosts: Vec::new(),
             },
         }
     }
@@ -142,8 +146,30 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                     "headerTimeout",
                     "bodyTimeout",
                     "idleTimeout",
+                    "callbackHosts",
                 ],
             ) {
+                if let Some(n) = g.get("callbackHosts") {
+                    let hint = "list host names or host:port, e.g. `callbackHosts: [127.0.0.1:9000, hooks.example.com]`";
+                    for item in r
+                        .sequence(n, "gateway.callbackHosts", hint)
+                        .unwrap_or_default()
+                    {
+                        let Some(host) = r.string(item, "gateway.callbackHosts", hint) else {
+                            continue;
+                        };
+                        if host.is_empty() || host.contains('/') || host.contains(' ') {
+                            r.error(
+                                item,
+                                "gateway.callbackHosts",
+                                format!("{host:?} is not a host or host:port"),
+                                hint,
+                            );
+                        } else {
+                            p.gateway.callback_hosts.push(host.to_ascii_lowercase());
+                        }
+                    }
+                }
                 if let Some(c) = g
                     .get("maxConnections")
                     .and_then(|n| r.uint(n, "gateway.maxConnections", 1, 1_000_000))

@@ -56,7 +56,11 @@ pub struct NewCall {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
 }
+
+/// Tries of a callback before it is given up.
+pub const CALLBACK_TRIES: u32 = 5;
 
 /// How an attempt ended, as the delivery worker judged it.
 pub enum Outcome {
@@ -146,6 +150,13 @@ impl CallStore {
                 result: None,
                 error: None,
                 redriven: 0,
+                callback: new.callback_url.map(|url| crate::gateway::api::Callback {
+                    url,
+                    attempts: 0,
+                    status: None,
+                    error: None,
+                    delivered: false,
+                }),
             };
             txn.open_table(CALLS)?
                 .insert(id.as_str(), encode(&call).as_slice())?;
@@ -301,6 +312,43 @@ impl CallStore {
         Ok(n)
     }
 
+    /// Records one try of a call's callback.
+    pub fn callback_tried(
+        &self,
+        id: &str,
+        status: Option<u16>,
+        error: Option<String>,
+    ) -> Result<Call, StoreError> {
+        self.update(id, |call| {
+            if let Some(cb) = &mut call.callback {
+                cb.attempts += 1;
+                cb.status = status;
+                cb.delivered = status.is_some_and(|s| (200..300).contains(&s));
+                cb.error = error;
+            }
+        })
+    }
+
+    /// Finished calls whose callback is still to be delivered (a stopped gateway's).
+    pub fn pending_callbacks(&self) -> Result<Vec<Call>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let calls = txn.open_table(CALLS)?;
+        let mut out = Vec::new();
+        for row in calls.iter()? {
+            let (_, v) = row?;
+            let call = decode(v.value())?;
+            if call.state.finished()
+                && call
+                    .callback
+                    .as_ref()
+                    .is_some_and(|c| !c.delivered && c.attempts < CALLBACK_TRIES)
+            {
+                out.push(call);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn get(&self, id: &str) -> Result<Call, StoreError> {
         let txn = self.db.begin_read()?;
         let calls = txn.open_table(CALLS)?;
@@ -349,6 +397,10 @@ impl CallStore {
         self.update_with(id, |call, due| {
             call.state = CallState::Queued;
             call.redriven = call.attempts.len() as u32;
+            if let Some(cb) = &mut call.callback {
+                cb.attempts = 0;
+                cb.delivered = false;
+            }
             call.next_attempt_at = Some(now);
             call.accepted_at = now;
             call.error = None;
