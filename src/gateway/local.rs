@@ -87,7 +87,7 @@ impl LocalBackend {
                 }) {
                 Ok(calls) => Some(calls),
                 Err(e) => {
-                    tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "async calls are off: their store cannot be opened");
+                    tracing::error!(error = %format!("{e:#}"), "async calls are off: their store cannot be opened");
                     None
                 }
             },
