@@ -130,29 +130,44 @@ fn the_cli_table_lists_only_flags_the_verbs_take() {
         .expect("a CLI section");
     let mut checked = 0;
     for row in table.lines().filter(|l| l.starts_with("| `")) {
-        let cell = row.trim_start_matches("| `");
-        let usage = &cell[..cell.find('`').unwrap()];
-        let mut it = usage.split_whitespace();
-        let verb = it.next().unwrap();
-        // `list` / `ls`: the first spelling is the verb.
-        let help = Command::new(env!("CARGO_BIN_EXE_cubeflash"))
-            .args([verb, "--help"])
-            .output()
-            .unwrap();
-        assert!(
-            help.status.success(),
-            "README lists a verb {verb:?} that does not exist"
-        );
-        let help = text(&help.stdout);
-        for flag in usage
-            .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == '|')
-            .filter(|w| w.starts_with("--"))
+        let first = row.trim_start_matches('|');
+        let first = &first[..first.find(" |").unwrap_or(first.len())];
+        // A cell may show several commands: `list` / `ls`, `calls show ID` / `calls purge ID`.
+        for usage in first
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
         {
+            // The command path: its leading lowercase words (`calls show`), not ID or [--x].
+            let path: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| {
+                    !w.starts_with('-') && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                })
+                .collect();
+            let help = Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+                .args(&path)
+                .arg("--help")
+                .output()
+                .unwrap();
             assert!(
-                help.contains(flag),
-                "README's CLI table says `{verb} {flag}`, which `cubeflash {verb} --help` does not list"
+                help.status.success(),
+                "README lists a command {path:?} that does not exist"
             );
-            checked += 1;
+            let help = text(&help.stdout);
+            for flag in usage
+                .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == '|')
+                .filter(|w| w.starts_with("--"))
+            {
+                let shown = path.join(" ");
+                assert!(
+                    help.contains(flag),
+                    "README's CLI table says `{shown} {flag}`, which `cubeflash {shown} --help` does not list"
+                );
+                checked += 1;
+            }
         }
     }
     assert!(checked >= 15, "only {checked} flags checked");
