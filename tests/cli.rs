@@ -546,3 +546,14 @@ fn the_examples_in_this_repo_are_valid_and_rendered() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn queue_triggers_are_refused_rather_than_silently_ignored() {
+    let stderr = invalid(
+        "name: bad\nruntime: python\nhandler: handler.py\ntriggers:\n  - queue: { subject: quotes.requested }\n",
+    );
+    assert_has(
+        &stderr,
+        &["5:12: triggers[0].queue: queue triggers (NATS JetStream, here subject \"quotes.requested\") are not supported"],
+    );
+}

@@ -121,5 +121,12 @@ fn read_queue(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
         r.error(s, &f.path_of("subject"), why, "");
         return None;
     }
+    // Refused rather than accepted and never consumed.
+    r.error(
+        node,
+        path,
+        format!("queue triggers (NATS JetStream, here subject {subject:?}) are not supported by this version of cubeflash: nothing would consume the subject"),
+        "remove the trigger; until queue triggers come, a consumer of your own can call the function durably with POST /async-function/NAME",
+    );
     Some(Trigger::Queue(QueueTrigger { subject }))
 }
