@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::gateway::api::{Attempt, Call, CallResult, CallState};
 
@@ -34,6 +36,10 @@ pub enum StoreError {
     Db(#[source] Box<redb::Error>),
     #[error("the async call store holds a record this cubeflash cannot read")]
     Corrupt(#[source] serde_json::Error),
+    #[error("the async call store could not commit: {0}")]
+    Commit(String),
+    #[error("the async call store's writer stopped")]
+    Closed,
     #[error("no call {0}")]
     NotFound(String),
     #[error("call {id} is {state:?}: only a dead or failed call can be redriven")]
@@ -74,8 +80,44 @@ pub enum Outcome {
     Dead(String),
 }
 
+/// A write to do in the writer's next transaction; it returns what to do once that
+/// transaction committed (or failed to).
+type Job = Box<dyn FnOnce(&WriteTransaction) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+
+/// Most writes committed together.
+const BATCH: usize = 512;
+
 pub struct CallStore {
-    db: Database,
+    db: Arc<Database>,
+    /// Every write goes through one writer thread, which commits the writes waiting for it
+    /// together: one fsync for a batch of accepts, leases and results (group commit).
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+/// Runs jobs in batches, one transaction (one fsync) per batch, until the store is dropped.
+fn writer(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match db.begin_write() {
+            Ok(txn) => {
+                let then: Vec<_> = batch.into_iter().map(|job| job(&txn)).collect();
+                let committed = txn.commit().map_err(|e| e.to_string());
+                for t in then {
+                    t(committed.clone());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the async call store cannot begin a write");
+                // Dropping the jobs tells their callers.
+            }
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -114,59 +156,95 @@ impl CallStore {
             txn.open_table(IDEMPOTENCY)?;
         }
         txn.commit()?;
-        Ok(Self { db })
+        let db = Arc::new(db);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let for_writer = db.clone();
+        std::thread::Builder::new()
+            .name("cubeflash-calls".into())
+            .spawn(move || writer(for_writer, rx))
+            .map_err(|e| StoreError::from(redb::Error::Io(e)))?;
+        Ok(Self {
+            db,
+            jobs: Mutex::new(tx),
+        })
+    }
+
+    /// Runs `op` in the writer's next transaction and returns its result once that
+    /// committed.
+    fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |txn| {
+            let result = op(txn);
+            Box::new(move |committed: Result<(), String>| {
+                let _ = tx.send(match (result, committed) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(why)) => Err(StoreError::Commit(why)),
+                });
+            })
+        });
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .send(job)
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Stores `new` durably and returns its id, or the id of the call an earlier request
     /// with the same `Idempotency-Key` made (and true) within the window.
     pub fn accept(&self, new: NewCall, id: String) -> Result<(String, bool), StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write()?;
-        {
-            let mut idem = txn.open_table(IDEMPOTENCY)?;
-            if let Some(key) = &new.idempotency_key {
-                let k = format!("{}\0{key}", new.function);
-                let seen = idem.get(k.as_str())?.map(|v| v.value().to_string());
-                if let Some((first, expires)) = seen.as_deref().and_then(|v| v.split_once('\0')) {
-                    if expires.parse::<u64>().is_ok_and(|e| e > now) {
-                        return Ok((first.to_string(), true));
+        self.write(move |txn| {
+            {
+                let mut idem = txn.open_table(IDEMPOTENCY)?;
+                if let Some(key) = &new.idempotency_key {
+                    let k = format!("{}\0{key}", new.function);
+                    let seen = idem.get(k.as_str())?.map(|v| v.value().to_string());
+                    if let Some((first, expires)) = seen.as_deref().and_then(|v| v.split_once('\0'))
+                    {
+                        if expires.parse::<u64>().is_ok_and(|e| e > now) {
+                            return Ok((first.to_string(), true));
+                        }
                     }
+                    let value = format!("{id}\0{}", now + IDEMPOTENCY_WINDOW_MS);
+                    idem.insert(k.as_str(), value.as_str())?;
                 }
-                let value = format!("{id}\0{}", now + IDEMPOTENCY_WINDOW_MS);
-                idem.insert(k.as_str(), value.as_str())?;
-            }
-            let call = Call {
-                id: id.clone(),
-                function: new.function.clone(),
-                state: CallState::Queued,
-                method: new.method,
-                path: new.path,
-                headers: new.headers,
-                body_bytes: new.body.len() as u64,
-                accepted_at: now,
-                next_attempt_at: Some(now),
-                lease_until: None,
-                attempts: Vec::new(),
-                result: None,
-                error: None,
-                redriven: 0,
-                callback: new.callback_url.map(|url| crate::gateway::api::Callback {
-                    url,
-                    attempts: 0,
-                    status: None,
+                let call = Call {
+                    id: id.clone(),
+                    function: new.function.clone(),
+                    state: CallState::Queued,
+                    method: new.method,
+                    path: new.path,
+                    headers: new.headers,
+                    body_bytes: new.body.len() as u64,
+                    accepted_at: now,
+                    next_attempt_at: Some(now),
+                    lease_until: None,
+                    attempts: Vec::new(),
+                    result: None,
                     error: None,
-                    delivered: false,
-                }),
-            };
-            txn.open_table(CALLS)?
-                .insert(id.as_str(), encode(&call).as_slice())?;
-            txn.open_table(BODIES)?
-                .insert(id.as_str(), new.body.as_slice())?;
-            txn.open_table(DUE)?
-                .insert(due_key(&new.function, now, &id).as_str(), ())?;
-        }
-        txn.commit()?;
-        Ok((id, false))
+                    redriven: 0,
+                    callback: new.callback_url.map(|url| crate::gateway::api::Callback {
+                        url,
+                        attempts: 0,
+                        status: None,
+                        error: None,
+                        delivered: false,
+                    }),
+                };
+                txn.open_table(CALLS)?
+                    .insert(id.as_str(), encode(&call).as_slice())?;
+                txn.open_table(BODIES)?
+                    .insert(id.as_str(), new.body.as_slice())?;
+                txn.open_table(DUE)?
+                    .insert(due_key(&new.function, now, &id).as_str(), ())?;
+            }
+            Ok((id, false))
+        })
     }
 
     /// Takes up to `n` of `function`'s calls that are due now: each is marked running with a
@@ -195,35 +273,35 @@ impl CallStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_write()?;
-        let mut out = Vec::new();
-        {
-            let mut due = txn.open_table(DUE)?;
-            let mut calls = txn.open_table(CALLS)?;
-            let bodies = txn.open_table(BODIES)?;
-            for key in keys {
-                // Gone meanwhile (purged): skip it.
-                if due.remove(key.as_str())?.is_none() {
-                    continue;
+        self.write(move |txn| {
+            let mut out = Vec::new();
+            {
+                let mut due = txn.open_table(DUE)?;
+                let mut calls = txn.open_table(CALLS)?;
+                let bodies = txn.open_table(BODIES)?;
+                for key in keys {
+                    // Gone meanwhile (purged): skip it.
+                    if due.remove(key.as_str())?.is_none() {
+                        continue;
+                    }
+                    let id = key.rsplit('\0').next().unwrap_or_default().to_string();
+                    let Some(bytes) = calls.get(id.as_str())?.map(|v| v.value().to_vec()) else {
+                        continue;
+                    };
+                    let mut call = decode(&bytes)?;
+                    call.state = CallState::Running;
+                    call.lease_until = Some(lease_until);
+                    call.next_attempt_at = None;
+                    calls.insert(id.as_str(), encode(&call).as_slice())?;
+                    let body = bodies
+                        .get(id.as_str())?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    out.push((call, body));
                 }
-                let id = key.rsplit('\0').next().unwrap_or_default().to_string();
-                let Some(bytes) = calls.get(id.as_str())?.map(|v| v.value().to_vec()) else {
-                    continue;
-                };
-                let mut call = decode(&bytes)?;
-                call.state = CallState::Running;
-                call.lease_until = Some(lease_until);
-                call.next_attempt_at = None;
-                calls.insert(id.as_str(), encode(&call).as_slice())?;
-                let body = bodies
-                    .get(id.as_str())?
-                    .map(|v| v.value().to_vec())
-                    .unwrap_or_default();
-                out.push((call, body));
             }
-        }
-        txn.commit()?;
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// How many of `function`'s calls wait for an attempt (due now or later), counted up
@@ -238,7 +316,7 @@ impl CallStore {
 
     /// Extends a running call's lease.
     pub fn extend(&self, id: &str, lease_until: u64) -> Result<(), StoreError> {
-        self.update(id, |call| {
+        self.update(id, move |call| {
             if call.state == CallState::Running {
                 call.lease_until = Some(lease_until);
             }
@@ -248,7 +326,7 @@ impl CallStore {
 
     /// Records an attempt and what follows from it.
     pub fn finish(&self, id: &str, attempt: Attempt, outcome: Outcome) -> Result<Call, StoreError> {
-        self.update_with(id, |call, due| {
+        self.update_with(id, move |call, due| {
             call.attempts.push(attempt);
             call.lease_until = None;
             match outcome {
@@ -280,36 +358,37 @@ impl CallStore {
     /// once). Returns how many.
     pub fn requeue_running(&self) -> Result<usize, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write()?;
-        let mut n = 0;
-        {
-            let mut calls = txn.open_table(CALLS)?;
-            let mut due = txn.open_table(DUE)?;
-            let running: Vec<Call> = calls
-                .iter()?
-                .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
-                .filter(|c| c.state == CallState::Running)
-                .collect();
-            for mut call in running {
-                call.attempts.push(Attempt {
-                    number: call.attempts.len() as u32 + 1,
-                    started_at: now,
-                    duration_ms: 0,
-                    status: None,
-                    error: Some("the gateway stopped during this attempt".into()),
-                });
-                call.state = CallState::Retrying;
-                call.lease_until = None;
-                call.next_attempt_at = Some(now);
-                call.error =
-                    Some("the gateway stopped while an attempt ran; it is delivered again".into());
-                calls.insert(call.id.as_str(), encode(&call).as_slice())?;
-                due.insert(due_key(&call.function, now, &call.id).as_str(), ())?;
-                n += 1;
+        self.write(move |txn| {
+            let mut n = 0;
+            {
+                let mut calls = txn.open_table(CALLS)?;
+                let mut due = txn.open_table(DUE)?;
+                let running: Vec<Call> = calls
+                    .iter()?
+                    .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
+                    .filter(|c| c.state == CallState::Running)
+                    .collect();
+                for mut call in running {
+                    call.attempts.push(Attempt {
+                        number: call.attempts.len() as u32 + 1,
+                        started_at: now,
+                        duration_ms: 0,
+                        status: None,
+                        error: Some("the gateway stopped during this attempt".into()),
+                    });
+                    call.state = CallState::Retrying;
+                    call.lease_until = None;
+                    call.next_attempt_at = Some(now);
+                    call.error = Some(
+                        "the gateway stopped while an attempt ran; it is delivered again".into(),
+                    );
+                    calls.insert(call.id.as_str(), encode(&call).as_slice())?;
+                    due.insert(due_key(&call.function, now, &call.id).as_str(), ())?;
+                    n += 1;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Records one try of a call's callback.
@@ -319,7 +398,7 @@ impl CallStore {
         status: Option<u16>,
         error: Option<String>,
     ) -> Result<Call, StoreError> {
-        self.update(id, |call| {
+        self.update(id, move |call| {
             if let Some(cb) = &mut call.callback {
                 cb.attempts += 1;
                 cb.status = status;
@@ -394,7 +473,7 @@ impl CallStore {
             });
         }
         let now = now_ms();
-        self.update_with(id, |call, due| {
+        self.update_with(id, move |call, due| {
             call.state = CallState::Queued;
             call.redriven = call.attempts.len() as u32;
             if let Some(cb) = &mut call.callback {
@@ -416,55 +495,61 @@ impl CallStore {
         if call.state == CallState::Running {
             return Err(StoreError::Running(id.to_string()));
         }
-        let txn = self.db.begin_write()?;
-        {
-            txn.open_table(CALLS)?.remove(id)?;
-            txn.open_table(BODIES)?.remove(id)?;
-            if let Some(at) = call.next_attempt_at {
-                txn.open_table(DUE)?
-                    .remove(due_key(&call.function, at, id).as_str())?;
+        let id = id.to_string();
+        self.write(move |txn| {
+            let id = id.as_str();
+            {
+                txn.open_table(CALLS)?.remove(id)?;
+                txn.open_table(BODIES)?.remove(id)?;
+                if let Some(at) = call.next_attempt_at {
+                    txn.open_table(DUE)?
+                        .remove(due_key(&call.function, at, id).as_str())?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(true)
+            Ok(true)
+        })
     }
 
     /// Forgets succeeded and failed calls finished before `before` (ms), and expired
     /// idempotency keys; dead calls stay until purged. Returns how many calls went.
     pub fn prune(&self, before: u64) -> Result<usize, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write()?;
-        let mut n = 0;
-        {
-            let mut calls = txn.open_table(CALLS)?;
-            let mut bodies = txn.open_table(BODIES)?;
-            let old: Vec<String> = calls
-                .iter()?
-                .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
-                .filter(|c| {
-                    matches!(c.state, CallState::Succeeded | CallState::Failed)
-                        && c.attempts
-                            .last()
-                            .is_some_and(|a| a.started_at + a.duration_ms < before)
-                })
-                .map(|c| c.id)
-                .collect();
-            for id in old {
-                calls.remove(id.as_str())?;
-                bodies.remove(id.as_str())?;
-                n += 1;
+        self.write(move |txn| {
+            let mut n = 0;
+            {
+                let mut calls = txn.open_table(CALLS)?;
+                let mut bodies = txn.open_table(BODIES)?;
+                let old: Vec<String> = calls
+                    .iter()?
+                    .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
+                    .filter(|c| {
+                        matches!(c.state, CallState::Succeeded | CallState::Failed)
+                            && c.attempts
+                                .last()
+                                .is_some_and(|a| a.started_at + a.duration_ms < before)
+                    })
+                    .map(|c| c.id)
+                    .collect();
+                for id in old {
+                    calls.remove(id.as_str())?;
+                    bodies.remove(id.as_str())?;
+                    n += 1;
+                }
+                txn.open_table(IDEMPOTENCY)?.retain(|_, v| {
+                    v.split_once('\0')
+                        .and_then(|(_, e)| e.parse::<u64>().ok())
+                        .is_some_and(|e| e > now)
+                })?;
             }
-            txn.open_table(IDEMPOTENCY)?.retain(|_, v| {
-                v.split_once('\0')
-                    .and_then(|(_, e)| e.parse::<u64>().ok())
-                    .is_some_and(|e| e > now)
-            })?;
-        }
-        txn.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
-    fn update(&self, id: &str, change: impl FnOnce(&mut Call)) -> Result<Call, StoreError> {
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Call) + Send + 'static,
+    ) -> Result<Call, StoreError> {
         self.update_with(id, |call, _| change(call))
     }
 
@@ -472,26 +557,28 @@ impl CallStore {
     fn update_with(
         &self,
         id: &str,
-        change: impl FnOnce(&mut Call, &mut Option<u64>),
+        change: impl FnOnce(&mut Call, &mut Option<u64>) + Send + 'static,
     ) -> Result<Call, StoreError> {
-        let txn = self.db.begin_write()?;
-        let call = {
-            let mut calls = txn.open_table(CALLS)?;
-            let bytes = calls
-                .get(id)?
-                .map(|v| v.value().to_vec())
-                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-            let mut call = decode(&bytes)?;
-            let mut due = None;
-            change(&mut call, &mut due);
-            calls.insert(id, encode(&call).as_slice())?;
-            if let Some(at) = due {
-                txn.open_table(DUE)?
-                    .insert(due_key(&call.function, at, id).as_str(), ())?;
-            }
-            call
-        };
-        txn.commit()?;
-        Ok(call)
+        let id = id.to_string();
+        self.write(move |txn| {
+            let id = id.as_str();
+            let call = {
+                let mut calls = txn.open_table(CALLS)?;
+                let bytes = calls
+                    .get(id)?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+                let mut call = decode(&bytes)?;
+                let mut due = None;
+                change(&mut call, &mut due);
+                calls.insert(id, encode(&call).as_slice())?;
+                if let Some(at) = due {
+                    txn.open_table(DUE)?
+                        .insert(due_key(&call.function, at, id).as_str(), ())?;
+                }
+                call
+            };
+            Ok(call)
+        })
     }
 }
