@@ -403,7 +403,7 @@ fn with_admin<T>(
 
 pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Result<Outcome> {
     let functions = with_admin(dir, &args, async |c| Ok(c.functions().await?))?;
-    let rows: Vec<[String; 9]> = functions
+    let rows: Vec<[String; 10]> = functions
         .iter()
         .map(|f| {
             [
@@ -413,6 +413,7 @@ pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Re
                 format!("{}/{}", f.replicas.ready, f.replicas.desired),
                 f.inflight.to_string(),
                 f.queued.to_string(),
+                f.async_pending.to_string(),
                 f.cold_starts.to_string(),
                 f.url.clone(),
                 f.baseline_url.clone().unwrap_or_else(|| "-".into()),
@@ -420,7 +421,8 @@ pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Re
         })
         .collect();
     let header = [
-        "NAME", "RUNTIME", "STATE", "READY", "INFLIGHT", "QUEUED", "COLD", "URL", "BASELINE",
+        "NAME", "RUNTIME", "STATE", "READY", "INFLIGHT", "QUEUED", "ASYNC", "COLD", "URL",
+        "BASELINE",
     ];
     write_table(out, &header, &rows)?;
     Ok(Outcome::Success)

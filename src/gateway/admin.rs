@@ -285,6 +285,7 @@ impl Gateway {
             baseline_replicas: f.baseline.as_deref().map(count),
             inflight: f.inflight(),
             queued: f.queued(),
+            async_pending: f.async_pending(),
             cold_starts: f.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
             url: format!("{base}/function/{}", e.name),
             baseline_url: baseline_urls.first().cloned(),

@@ -52,6 +52,9 @@ pub struct FunctionInfo {
     pub baseline_replicas: Option<ReplicaCount>,
     pub inflight: u32,
     pub queued: u32,
+    /// Async calls waiting for an attempt.
+    #[serde(default)]
+    pub async_pending: u32,
     pub cold_starts: u64,
     pub url: String,
     /// Where the always-on baseline answers directly (local: a replica; Kubernetes: its
