@@ -218,10 +218,12 @@ fn the_interval_log_decodes_to_the_recorded_counts_and_java_agrees_with_the_hgrm
 
     // HdrHistogram's Java HistogramLogProcessor reads the log and prints the same distribution.
     let jar = Path::new("/usr/share/java/hdrhistogram.jar");
-    if !jar.exists() || !common::have("java") {
-        eprintln!("SKIPPED the Java cross-check: java or /usr/share/java/hdrhistogram.jar is missing (scripts/test-deps.sh installs default-jre-headless and libhdrhistogram-java)");
-        return;
-    }
+    common::need("java");
+    assert!(
+        jar.exists(),
+        "{} is missing: scripts/test-deps.sh installs libhdrhistogram-java",
+        jar.display()
+    );
     let out = run.join("java");
     let status = Command::new("java")
         .args([
@@ -303,10 +305,7 @@ fn a_bad_plan_gets_located_errors_and_no_results() {
 
 #[test]
 fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
-    if !common::have("python3") {
-        eprintln!("SKIPPED: python3 is missing (scripts/test-deps.sh installs it)");
-        return;
-    }
+    common::need("python3");
     let repo = common::temp_tree(&[
         ("cubeflash.yaml", "namespace: demo\n"),
         (
@@ -391,10 +390,12 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
 fn hgrm_files_match_javas_for_distributions_that_hit_percentile_boundaries() {
     use cubeflash::bench::{hist, output::RunDir};
     let jar = Path::new("/usr/share/java/hdrhistogram.jar");
-    if !jar.exists() || !common::have("java") {
-        eprintln!("SKIPPED: java or /usr/share/java/hdrhistogram.jar is missing (scripts/test-deps.sh installs default-jre-headless and libhdrhistogram-java)");
-        return;
-    }
+    common::need("java");
+    assert!(
+        jar.exists(),
+        "{} is missing: scripts/test-deps.sh installs libhdrhistogram-java",
+        jar.display()
+    );
     // A small deterministic generator (xorshift) for repeatable "random" latencies.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {

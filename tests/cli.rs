@@ -504,10 +504,7 @@ fn new_functions_work_at_once() {
     assert!(cubeflash(dir.path(), &["init"]).status.success());
     for (name, runtime) in [("py-fn", "python"), ("js-fn", "node"), ("sh-fn", "exec")] {
         let program = if runtime == "node" { "node" } else { "python3" };
-        if !common::have(program) {
-            eprintln!("SKIP: {runtime} scaffold: {program} is not installed");
-            continue;
-        }
+        common::need(program);
         assert!(cubeflash(
             dir.path(),
             &["new", name, "--runtime", runtime, "--no-render"]

@@ -362,3 +362,51 @@ fn deploy_warns_of_a_stale_generated_folder_and_renders_it_when_asked() {
     assert_eq!(p.run(&["render", "--check"]).0, Some(0));
     assert_eq!(p.run(&["invoke", "g"]).1, "v3\n");
 }
+
+#[test]
+fn a_handler_exception_is_logged_without_the_runtime_frames() {
+    need("python3");
+    need("node");
+    let p = Platform::new(common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\n"),
+        (
+            "functions/py/function.yaml",
+            "name: py\nruntime: python\nhandler: handler.py\n",
+        ),
+        (
+            "functions/py/handler.py",
+            "def handle(req):\n    return 1 / 0\n",
+        ),
+        (
+            "functions/js/function.yaml",
+            "name: js\nruntime: node\nhandler: handler.js\n",
+        ),
+        (
+            "functions/js/handler.js",
+            "exports.handle = async () => { throw new Error('node boom'); };\n",
+        ),
+    ]));
+    let (code, out, err) = p.run(&["deploy"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for (name, error, file) in [
+        (
+            "py",
+            "ZeroDivisionError: division by zero",
+            "functions/py/handler.py",
+        ),
+        ("js", "Error: node boom", "functions/js/handler.js"),
+    ] {
+        let (code, _, _) = p.run(&["invoke", name]);
+        assert_eq!(code, Some(1));
+        let (_, log, _) = p.run(&["logs", name]);
+        assert!(log.contains(error), "{log}");
+        assert!(
+            log.contains(file),
+            "the handler's own frame, as the user knows the file: {log}"
+        );
+        assert!(
+            !log.contains("shim.py") && !log.contains("shim.js") && !log.contains("node:internal"),
+            "no runtime frames: {log}"
+        );
+    }
+}

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{have, repo_root, start_shim};
+use common::{repo_root, start_shim};
 use reqwest::blocking::Client;
 
 fn fixtures(runtime: &str) -> PathBuf {
@@ -22,11 +22,8 @@ fn client() -> Client {
 
 /// Runs `check` against a shim of `runtime`, or says why it cannot.
 fn with_shim(runtime: &str, handler: &str, check: impl FnOnce(&common::Replica)) {
-    let program = common::interpreter(runtime);
-    if !have(program) {
-        eprintln!("SKIP: {program} is not installed (scripts/test-deps.sh installs it)");
-        return;
-    }
+    // Fails, never skips, when the interpreter is missing (scripts/test-deps.sh installs it).
+    common::need(common::interpreter(runtime));
     let replica = start_shim(runtime, &fixtures(runtime), handler).expect("shim starts");
     check(&replica);
 }
@@ -139,11 +136,7 @@ fn keep_alive_connections_serve_many_requests(runtime: &str, handler: &str) {
 }
 
 fn a_handler_that_cannot_load_exits_with_its_error(runtime: &str, handler: &str, needle: &str) {
-    let program = common::interpreter(runtime);
-    if !have(program) {
-        eprintln!("SKIP: {program} is not installed");
-        return;
-    }
+    common::need(common::interpreter(runtime));
     let err = start_shim(runtime, &fixtures(runtime), handler)
         .err()
         .expect("the shim must exit");
@@ -238,10 +231,7 @@ fn node_unloadable_handler_exits() {
 #[test]
 fn shims_exit_on_sigterm() {
     for (runtime, handler) in [("python", "handler.py"), ("node", "handler.js")] {
-        if !have(common::interpreter(runtime)) {
-            eprintln!("SKIP: {runtime} is not installed");
-            continue;
-        }
+        common::need(common::interpreter(runtime));
         let mut r = start_shim(runtime, &fixtures(runtime), handler).unwrap();
         let pid = r.child.id().to_string();
         assert!(std::process::Command::new("kill")
@@ -273,10 +263,7 @@ fn pooled_shims_become_the_function_named_on_stdin() {
     use std::io::Write;
     for (runtime, handler) in [("python", "handler.py"), ("node", "handler.js")] {
         let program = common::interpreter(runtime);
-        if !have(program) {
-            eprintln!("SKIP: {program} is not installed");
-            continue;
-        }
+        common::need(program);
         let port = common::free_port();
         let mut child = std::process::Command::new(program)
             .arg(common::shim(runtime))

@@ -177,7 +177,7 @@ async function main() {
         const [status, headers, body] = toResponse(await handle(request));
         send(res, status, headers, body, req.method === "HEAD");
       } catch (err) {
-        console.error(err && err.stack ? err.stack : err);
+        console.error(userStack(err));
         const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
         sendJson(res, 500, { error: message, function: FUNCTION });
       } finally {

@@ -51,20 +51,24 @@ class Request:
         return getattr(self, key, default)
 
 
-def report_load_error(err, file):
-    """The handler failed to import: its own frames and the error, none of the shim's."""
+def user_traceback(err):
+    """A traceback of the handler's own frames and the error, none of the shim's."""
     if isinstance(err, SyntaxError):
-        lines = traceback.format_exception_only(type(err), err)
-    else:
-        shim = os.path.abspath(__file__)
-        frames = [
-            f for f in traceback.extract_tb(err.__traceback__)
-            if os.path.abspath(f.filename) != shim and not f.filename.startswith("<frozen")
-        ]
-        lines = ["Traceback (most recent call last):\n"]
-        lines += traceback.format_list(frames)
-        lines += traceback.format_exception_only(type(err), err)
-    sys.stderr.write(f"cubeflash: cannot load {file}:\n" + "".join(lines))
+        return "".join(traceback.format_exception_only(type(err), err))
+    shim = os.path.abspath(__file__)
+    frames = [
+        f for f in traceback.extract_tb(err.__traceback__)
+        if os.path.abspath(f.filename) != shim and not f.filename.startswith("<frozen")
+    ]
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(err), err)
+    return "".join(lines)
+
+
+def report_load_error(err, file):
+    """The handler failed to import."""
+    sys.stderr.write(f"cubeflash: cannot load {file}:\n" + user_traceback(err))
     sys.stderr.flush()
 
 
@@ -184,9 +188,7 @@ class Handler(BaseHTTPRequestHandler):
                 result = asyncio.run(_await(result))
             status, out_headers, out_body = to_response(result)
         except Exception as exc:  # the replica keeps serving whatever the handler does
-            import traceback
-
-            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(user_traceback(exc))
             sys.stderr.flush()
             return self.send_json(500, {"error": f"{type(exc).__name__}: {exc}", "function": FUNCTION})
         self.send(status, out_headers, out_body)
