@@ -36,6 +36,8 @@ command -v node >/dev/null || apt_install nodejs
 if ! command -v java >/dev/null || [ ! -f /usr/share/java/hdrhistogram.jar ]; then
   apt_install default-jre-headless libhdrhistogram-java
 fi
+# NATS with JetStream for the queue-trigger tests (started on a free loopback port by them).
+command -v nats-server >/dev/null || apt_install nats-server
 
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1; then

@@ -2,4 +2,5 @@
 //! queue triggers are still open work.
 
 pub mod calls;
+pub mod queue;
 pub mod schedule;

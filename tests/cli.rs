@@ -545,12 +545,22 @@ fn the_examples_in_this_repo_are_valid_and_rendered() {
 }
 
 #[test]
-fn queue_triggers_are_refused_rather_than_silently_ignored() {
+fn a_queue_trigger_needs_a_nats_server_and_valid_names() {
     let stderr = invalid(
         "name: bad\nruntime: python\nhandler: handler.py\ntriggers:\n  - queue: { subject: quotes.requested }\n",
     );
     assert_has(
         &stderr,
-        &["5:12: triggers[0].queue: queue triggers (NATS JetStream, here subject \"quotes.requested\") are not supported"],
+        &["5:12: triggers[0].queue: a queue trigger (subject \"quotes.requested\") needs a NATS server with JetStream, and cubeflash.yaml names none", "add `nats: { url: nats://127.0.0.1:4222 }`"],
+    );
+    let stderr = invalid(
+        "name: bad\nruntime: python\nhandler: handler.py\ntriggers:\n  - queue: { subject: q, stream: a.b, ordered: true, concurrency: 4 }\n",
+    );
+    assert_has(
+        &stderr,
+        &[
+            "triggers[0].queue.stream: \"a.b\" is not a JetStream name",
+            "triggers[0].queue.concurrency: an ordered queue is handled one message at a time, not 4",
+        ],
     );
 }

@@ -475,6 +475,7 @@ async fn deliver(
                 trigger: "async",
                 call_id: HeaderValue::from_str(&id).ok(),
                 attempt: Some(number),
+                headers: Vec::new(),
             };
             let forward = call.path.split('?').next().unwrap_or("/").to_string();
             let me: SocketAddr = ([127, 0, 0, 1], 0).into();

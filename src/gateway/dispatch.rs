@@ -57,6 +57,8 @@ pub struct Via {
     pub trigger: &'static str,
     pub call_id: Option<HeaderValue>,
     pub attempt: Option<u32>,
+    /// More `X-Cubeflash-*` metadata of the trigger (a queue message's subject, sequence).
+    pub headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
 }
 
 impl Via {
@@ -65,6 +67,7 @@ impl Via {
             trigger,
             call_id: None,
             attempt: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -106,7 +109,7 @@ impl Gateway {
         self.dispatch_as(f, req, forward_path, client, None).await
     }
 
-    pub(super) async fn dispatch_as<B>(
+    pub(crate) async fn dispatch_as<B>(
         &self,
         f: Arc<FunctionState>,
         req: Request<B>,
@@ -239,6 +242,9 @@ impl Gateway {
                 .insert(proxy::TRIGGER, HeaderValue::from_static(via.trigger));
             if let Some(n) = via.attempt {
                 parts.headers.insert(proxy::ATTEMPT, HeaderValue::from(n));
+            }
+            for (k, v) in &via.headers {
+                parts.headers.insert(k.clone(), v.clone());
             }
         }
         parts.version = hyper::Version::HTTP_11;

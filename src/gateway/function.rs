@@ -32,6 +32,8 @@ pub struct FunctionState {
     retired: std::sync::atomic::AtomicBool,
     /// Async calls waiting for an attempt: demand for the autoscaler like queued requests.
     async_pending: AtomicU32,
+    /// Queue-trigger messages not yet handled (pending plus unacked).
+    queue_backlog: AtomicU32,
 }
 
 /// Per-function metric handles used on every request.
@@ -98,6 +100,7 @@ impl FunctionState {
             metrics,
             retired: Default::default(),
             async_pending: AtomicU32::new(0),
+            queue_backlog: AtomicU32::new(0),
         })
     }
 
@@ -165,6 +168,15 @@ impl FunctionState {
         self.async_pending.load(Ordering::Relaxed)
     }
 
+    /// The queue triggers' backlog (their consumers say).
+    pub fn set_queue_backlog(&self, n: u32) {
+        self.queue_backlog.store(n, Ordering::Relaxed);
+    }
+
+    pub fn queue_backlog(&self) -> u32 {
+        self.queue_backlog.load(Ordering::Relaxed)
+    }
+
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)
     }
@@ -203,7 +215,7 @@ impl FunctionState {
     pub fn autoscale(&self) {
         let spec = &self.entry.scale;
         let current = self.serverless.wanted();
-        let demand = self.inflight() + self.queued() + self.async_pending();
+        let demand = self.inflight() + self.queued() + self.async_pending() + self.queue_backlog();
         let bounds = scaler::Bounds {
             min: spec.min,
             max: spec.max,

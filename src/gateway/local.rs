@@ -41,6 +41,8 @@ pub struct LocalBackend {
     /// Async calls, in `.cubeflash/calls.redb` (None when it could not be opened: async
     /// calls then answer 503).
     calls: Option<Arc<AsyncCalls>>,
+    /// The NATS server queue triggers consume from (cubeflash.yaml at start).
+    nats: Option<String>,
 }
 
 /// The async call store under the state dir.
@@ -75,6 +77,7 @@ impl LocalBackend {
             probe,
             loaded: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
+            nats: repo.project.nats.as_ref().map(|n| n.url.clone()),
             dirs: Arc::default(),
             calls: match CallStore::open(&state_dir.join(CALLS_FILE))
                 .map_err(anyhow::Error::from)
@@ -464,8 +467,14 @@ impl Backend for LocalBackend {
         let mut loops = vec![tokio::spawn(schedule_loop(gateway.clone()))];
         if let Some(calls) = &self.calls {
             loops.push(tokio::spawn(super::async_calls::deliver_loop(
-                gateway,
+                gateway.clone(),
                 calls.clone(),
+            )));
+        }
+        if let Some(url) = &self.nats {
+            loops.push(tokio::spawn(crate::triggers::queue::run(
+                gateway,
+                url.clone(),
             )));
         }
         loops

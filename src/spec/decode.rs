@@ -286,6 +286,22 @@ impl<'f> Reader<'f> {
         }
     }
 
+    /// `true` or `false`.
+    pub fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node {
+            Node::Scalar(s) if s.as_bool().is_some() => s.as_bool(),
+            _ => {
+                self.error(
+                    node,
+                    path,
+                    format!("expected true or false, found {}", describe(node)),
+                    "write true or false",
+                );
+                None
+            }
+        }
+    }
+
     /// A whole number within `[min, max]`.
     pub fn uint(&mut self, node: &Node, path: &str, min: u32, max: u32) -> Option<u32> {
         let value = match node {

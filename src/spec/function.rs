@@ -87,8 +87,17 @@ pub struct ScheduleTrigger {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct QueueTrigger {
     pub subject: String,
+    /// The JetStream stream holding the subject (created as a work queue if missing).
+    pub stream: String,
+    /// The durable pull consumer's name.
+    pub durable: String,
+    /// Messages handled at once.
+    pub concurrency: u32,
+    /// One at a time, in stream order.
+    pub ordered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +214,8 @@ pub struct FunctionLocs {
     pub handler: Loc,
     /// One per http trigger, in order: the trigger's index in `triggers` and where its path is.
     pub http_paths: Vec<(usize, Loc)>,
+    /// One per queue trigger: its index and where it is written.
+    pub queues: Vec<(usize, Loc)>,
 }
 
 /// A function as its function.yaml describes it, defaults applied.
@@ -352,7 +363,10 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
 
     let triggers = f
         .get("triggers")
-        .map(|n| triggers::read_triggers(r, n, &mut locs))
+        .map(|n| {
+            let function = name.clone().unwrap_or_default();
+            triggers::read_triggers(r, n, &mut locs, &function)
+        })
         .unwrap_or_default();
     let scale = f.get("scale").map(|n| read_scale(r, n)).unwrap_or_default();
     let resources = f

@@ -65,6 +65,14 @@ pub struct ProjectSpec {
     pub target: Target,
     pub images: Images,
     pub gateway: GatewaySettings,
+    /// The NATS server (with JetStream) queue triggers consume from.
+    pub nats: Option<NatsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatsSettings {
+    /// `nats://host:port` (user and password or token in it if the server needs them).
+    pub url: String,
 }
 
 impl Default for ProjectSpec {
@@ -89,6 +97,7 @@ impl Default for ProjectSpec {
                 idle_timeout: Dur::parse(defaults::IDLE_TIMEOUT).expect("default parses"),
                 callback_hosts: Vec::new(),
             },
+            nats: None,
         }
     }
 }
@@ -97,7 +106,25 @@ impl Default for ProjectSpec {
 pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics> {
     let mut r = Reader::new(file);
     let mut p = ProjectSpec::default();
-    if let Some(f) = r.mapping(root, "", &["namespace", "target", "images", "gateway"]) {
+    if let Some(f) = r.mapping(
+        root,
+        "",
+        &["namespace", "target", "images", "gateway", "nats"],
+    ) {
+        if let Some(n) = f.get("nats") {
+            if let Some(nf) = r.mapping(n, "nats", &["url"]) {
+                let hint = "e.g. `nats: { url: nats://127.0.0.1:4222 }`";
+                if let Some(u) = r.required(&nf, "url", hint) {
+                    if let Some(url) = r.string(u, "nats.url", hint) {
+                        if url.starts_with("nats://") || url.starts_with("tls://") {
+                            p.nats = Some(NatsSettings { url });
+                        } else {
+                            r.error(u, "nats.url", format!("{url:?} is not a NATS URL"), hint);
+                        }
+                    }
+                }
+            }
+        }
         if let Some(n) = f.get("namespace") {
             if let Some(ns) = r.string(n, "namespace", "") {
                 if ns == "default" {

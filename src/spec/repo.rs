@@ -259,6 +259,9 @@ fn check(
         }
     }
     check_routes(&functions, &mut diags);
+    if let Some(p) = &project {
+        check_queues(p, &functions, &mut diags);
+    }
     functions.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let repo = project.map(|project| Repo {
         root: root.to_path_buf(),
@@ -325,6 +328,47 @@ fn check_function(raw: &RawFunction, spec: &FunctionSpec, diags: &mut Diagnostic
                     .with_hint("add the program to the function's folder, or fix the command line"),
                 );
             }
+        }
+    }
+}
+
+/// Queue triggers need a NATS server, and one durable consumer belongs to one trigger.
+fn check_queues(project: &ProjectSpec, functions: &[Function], diags: &mut Diagnostics) {
+    let mut durables: Vec<(&str, &str, &str)> = Vec::new();
+    for f in functions {
+        let queues = f.spec.triggers.iter().filter_map(|t| match t {
+            crate::spec::Trigger::Queue(q) => Some(q),
+            _ => None,
+        });
+        for (q, (index, loc)) in queues.zip(&f.spec.locs.queues) {
+            let at = |msg: String| {
+                Diagnostic::new(&f.source, *loc, &format!("triggers[{index}].queue"), msg)
+            };
+            if project.nats.is_none() {
+                diags.push(
+                    at(format!("a queue trigger (subject {:?}) needs a NATS server with JetStream, and cubeflash.yaml names none", q.subject))
+                        .with_hint("add `nats: { url: nats://127.0.0.1:4222 }` to cubeflash.yaml (run one with `nats-server -js`)"),
+                );
+            }
+            if project.target == crate::spec::Target::Kubernetes {
+                diags.push(
+                    at("queue triggers run on the local platform only in this version: the Kubernetes gateway does not consume them yet".into())
+                        .with_hint("deploy with --target local, or remove the trigger"),
+                );
+            }
+            if let Some((other, _, _)) = durables
+                .iter()
+                .find(|(_, s, d)| *s == q.stream && *d == q.durable)
+            {
+                diags.push(
+                    at(format!(
+                        "stream {} and durable {} are already the queue trigger of {other}",
+                        q.stream, q.durable
+                    ))
+                    .with_hint("give one of them another `durable:`"),
+                );
+            }
+            durables.push((&f.spec.name, &q.stream, &q.durable));
         }
     }
 }

@@ -268,3 +268,49 @@ fn serve(conn: TcpStream, behaviour: Behaviour) {
         }
     }
 }
+
+/// A nats-server with JetStream on a free loopback port and a temporary store, stopped when
+/// dropped (SIGKILL: it loses nothing stored).
+pub struct NatsServer {
+    pub child: Child,
+    pub url: String,
+    pub port: u16,
+    pub store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        need("nats-server");
+        let store = tempfile::tempdir().unwrap();
+        Self::start_on(free_port(), store)
+    }
+
+    /// Starts (or starts again) on `port` with the store at `store`.
+    pub fn start_on(port: u16, store: tempfile::TempDir) -> Self {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

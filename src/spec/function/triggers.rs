@@ -7,7 +7,12 @@ use super::{FunctionLocs, HttpTrigger, QueueTrigger, ScheduleTrigger, Trigger};
 use crate::spec::decode::{node_loc, Reader};
 use crate::spec::values;
 
-pub(super) fn read_triggers(r: &mut Reader, node: &Node, locs: &mut FunctionLocs) -> Vec<Trigger> {
+pub(super) fn read_triggers(
+    r: &mut Reader,
+    node: &Node,
+    locs: &mut FunctionLocs,
+    function: &str,
+) -> Vec<Trigger> {
     let hint = "write a list, e.g.\n  triggers:\n    - http: { path: /quote, methods: [GET] }";
     let Some(items) = r.sequence(node, "triggers", hint) else {
         return Vec::new();
@@ -28,7 +33,8 @@ pub(super) fn read_triggers(r: &mut Reader, node: &Node, locs: &mut FunctionLocs
         } else if let Some(n) = t.get("schedule") {
             read_schedule(r, n, &t.path_of("schedule"))
         } else if let Some(n) = t.get("queue") {
-            read_queue(r, n, &t.path_of("queue"))
+            locs.queues.push((i, node_loc(n)));
+            read_queue(r, n, &t.path_of("queue"), function)
         } else {
             r.error(
                 item,
@@ -113,20 +119,69 @@ fn read_schedule(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
     Some(Trigger::Schedule(ScheduleTrigger { cron, body }))
 }
 
-fn read_queue(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
-    let f = r.mapping(node, path, &["subject"])?;
+fn read_queue(r: &mut Reader, node: &Node, path: &str, function: &str) -> Option<Trigger> {
+    let f = r.mapping(
+        node,
+        path,
+        &["subject", "stream", "durable", "concurrency", "ordered"],
+    )?;
     let s = r.required(&f, "subject", "subject: quotes.requested")?;
     let subject = r.string(s, &f.path_of("subject"), "")?;
     if let Err(why) = values::check_subject(&subject) {
         r.error(s, &f.path_of("subject"), why, "");
         return None;
     }
-    // Refused rather than accepted and never consumed.
-    r.error(
-        node,
-        path,
-        format!("queue triggers (NATS JetStream, here subject {subject:?}) are not supported by this version of cubeflash: nothing would consume the subject"),
-        "remove the trigger; until queue triggers come, a consumer of your own can call the function durably with POST /async-function/NAME",
+    let name = |r: &mut Reader, key: &str, default: String| -> String {
+        let Some(n) = f.get(key) else {
+            return default;
+        };
+        let Some(text) = r.string(n, &f.path_of(key), "") else {
+            return default;
+        };
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            r.error(
+                n,
+                &f.path_of(key),
+                format!("{text:?} is not a JetStream name"),
+                "use letters, digits, '-' and '_' (no dots, spaces, * or >), at most 64",
+            );
+        }
+        text
+    };
+    let stream = name(
+        r,
+        "stream",
+        format!("CUBEFLASH_{}", function.replace('-', "_").to_uppercase()),
     );
-    Some(Trigger::Queue(QueueTrigger { subject }))
+    let durable = name(r, "durable", format!("cubeflash-{function}"));
+    let ordered = f
+        .get("ordered")
+        .and_then(|n| r.bool(n, &f.path_of("ordered")))
+        .unwrap_or(false);
+    let concurrency = f
+        .get("concurrency")
+        .and_then(|n| r.uint(n, &f.path_of("concurrency"), 1, 10_000))
+        .unwrap_or(if ordered { 1 } else { 10 });
+    if ordered && concurrency != 1 {
+        if let Some(n) = f.get("concurrency") {
+            r.error(
+                n,
+                &f.path_of("concurrency"),
+                format!("an ordered queue is handled one message at a time, not {concurrency}"),
+                "drop concurrency, or ordered",
+            );
+        }
+    }
+    Some(Trigger::Queue(QueueTrigger {
+        subject,
+        stream,
+        durable,
+        concurrency,
+        ordered,
+    }))
 }
