@@ -198,3 +198,26 @@ fn an_ordered_queue_keeps_order_when_a_message_fails_twice() {
     let seven = &done(&gw)[6];
     assert_eq!(seven["delivery"], "3");
 }
+
+#[test]
+fn a_nats_server_that_was_killed_is_reconnected_to_and_nothing_stored_is_lost() {
+    need("python3");
+    let nats = NatsServer::start();
+    let (url, port) = (nats.url.clone(), nats.port);
+    let gw = TestGateway::serve(repo(&url, "{ subject: jobs.k }", ""));
+    wait_for_stream(&url, "CUBEFLASH_JOB");
+    publish(&url, "jobs.k", &["before".to_string()]);
+    wait_until("the first message handled", 30, || done(&gw).len() == 1);
+    // SIGKILL the server; start it again on the same port and store.
+    let store = nats.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let again = NatsServer::start_on(port, store);
+    let bodies: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
+    publish(&again.url, "jobs.k", &bodies);
+    wait_until(
+        "the consumer came back and drained what was stored",
+        60,
+        || done(&gw).len() == 21,
+    );
+    assert_eq!(stream_len(&again.url, "CUBEFLASH_JOB"), 0);
+}

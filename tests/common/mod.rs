@@ -308,6 +308,15 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// SIGKILLs the server and hands back its store, to start it again on.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.store, tempfile::tempdir().unwrap())
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
