@@ -118,6 +118,9 @@ fn messages_wake_a_function_at_zero_and_are_acked_after_a_2xx() {
     assert_eq!(got.len(), 200, "every message handled");
     assert_eq!(seen[0]["subject"], "jobs.new");
     assert!(gw.function("job")["coldStarts"].as_u64().unwrap() >= 1);
+    let queues = gw.function("job")["queues"].clone();
+    assert_eq!(queues[0]["subject"], "jobs.new", "{queues}");
+    assert_eq!(queues[0]["state"], "consuming", "{queues}");
     wait_until("back to zero after idle", 20, || {
         gw.function("job")["replicas"]["desired"] == 0
     });

@@ -286,6 +286,7 @@ impl Gateway {
             inflight: f.inflight(),
             queued: f.queued(),
             async_pending: f.async_pending(),
+            queues: f.queue_statuses(),
             cold_starts: f.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
             url: format!("{base}/function/{}", e.name),
             baseline_url: baseline_urls.first().cloned(),

@@ -55,6 +55,9 @@ pub struct FunctionInfo {
     /// Async calls waiting for an attempt.
     #[serde(default)]
     pub async_pending: u32,
+    /// Each queue trigger's consumer, as it is now.
+    #[serde(default)]
+    pub queues: Vec<QueueStatus>,
     pub cold_starts: u64,
     pub url: String,
     /// Where the always-on baseline answers directly (local: a replica; Kubernetes: its
@@ -68,6 +71,20 @@ pub struct FunctionInfo {
     pub trouble: Option<String>,
     pub scale: Scale,
     pub timeout: Dur,
+}
+
+/// A queue trigger's consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    pub subject: String,
+    pub stream: String,
+    /// `starting`, `consuming` or `disconnected`.
+    pub state: String,
+    /// Messages pending plus delivered and not yet acknowledged.
+    pub backlog: u64,
+    /// Why it is disconnected.
+    pub error: Option<String>,
 }
 
 /// POST /system/functions/NAME/scale.

@@ -32,8 +32,8 @@ pub struct FunctionState {
     retired: std::sync::atomic::AtomicBool,
     /// Async calls waiting for an attempt: demand for the autoscaler like queued requests.
     async_pending: AtomicU32,
-    /// Queue-trigger messages not yet handled (pending plus unacked).
-    queue_backlog: AtomicU32,
+    /// Each queue trigger's consumer state, by subject (its consumer says).
+    queues: Mutex<std::collections::BTreeMap<String, super::api::QueueStatus>>,
 }
 
 /// Per-function metric handles used on every request.
@@ -100,7 +100,7 @@ impl FunctionState {
             metrics,
             retired: Default::default(),
             async_pending: AtomicU32::new(0),
-            queue_backlog: AtomicU32::new(0),
+            queues: Mutex::default(),
         })
     }
 
@@ -168,13 +168,32 @@ impl FunctionState {
         self.async_pending.load(Ordering::Relaxed)
     }
 
-    /// The queue triggers' backlog (their consumers say).
-    pub fn set_queue_backlog(&self, n: u32) {
-        self.queue_backlog.store(n, Ordering::Relaxed);
+    /// Queue-trigger messages not yet handled (pending plus unacked), over its triggers.
+    pub fn queue_backlog(&self) -> u32 {
+        let queues = self.queues.lock().expect("queues lock");
+        queues
+            .values()
+            .map(|q| q.backlog)
+            .sum::<u64>()
+            .min(u64::from(u32::MAX)) as u32
     }
 
-    pub fn queue_backlog(&self) -> u32 {
-        self.queue_backlog.load(Ordering::Relaxed)
+    /// Records a queue trigger consumer's state.
+    pub fn set_queue_status(&self, status: super::api::QueueStatus) {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .insert(status.subject.clone(), status);
+    }
+
+    /// The queue trigger consumers' states.
+    pub fn queue_statuses(&self) -> Vec<super::api::QueueStatus> {
+        self.queues
+            .lock()
+            .expect("queues lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn is_retired(&self) -> bool {

@@ -102,11 +102,20 @@ pub async fn run(gateway: Arc<Gateway>, url: String) {
 /// doubling to 30 s) and starts over.
 async fn consume(gateway: Arc<Gateway>, js: jetstream::Context, function: String, t: QueueTrigger) {
     let mut wait = Duration::from_secs(1);
+    report(&gateway, &function, &t, "starting", 0, None);
     loop {
         match serve(&gateway, &js, &function, &t).await {
             Ok(()) => wait = Duration::from_secs(1),
             Err(e) => {
                 tracing::warn!(function = %function, subject = %t.subject, error = %e, retry_in = ?wait, "queue trigger disconnected");
+                report(
+                    &gateway,
+                    &function,
+                    &t,
+                    "disconnected",
+                    0,
+                    Some(e.to_string()),
+                );
             }
         }
         tokio::time::sleep(wait).await;
@@ -115,6 +124,26 @@ async fn consume(gateway: Arc<Gateway>, js: jetstream::Context, function: String
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Puts a consumer's state where `/system/functions` and `ls` show it.
+fn report(
+    gateway: &Gateway,
+    function: &str,
+    t: &QueueTrigger,
+    state: &str,
+    backlog: u64,
+    error: Option<String>,
+) {
+    if let Some(f) = gateway.routes().by_name.get(function) {
+        f.set_queue_status(crate::gateway::api::QueueStatus {
+            subject: t.subject.clone(),
+            stream: t.stream.clone(),
+            state: state.into(),
+            backlog,
+            error,
+        });
+    }
+}
 
 async fn serve(
     gateway: &Arc<Gateway>,
@@ -161,15 +190,13 @@ async fn serve(
     tracing::info!(function, subject = %t.subject, stream = %t.stream, durable = %t.durable, "queue trigger consuming");
     // The backlog (pending plus delivered and not acked) drives the function's scale.
     let backlog = {
-        let (gateway, function) = (gateway.clone(), function.to_string());
+        let (gateway, function, t) = (gateway.clone(), function.to_string(), t.clone());
         let mut info_of = pull.clone();
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 if let Ok(info) = info_of.info().await {
                     let n = info.num_pending as usize + info.num_ack_pending;
-                    if let Some(f) = gateway.routes().by_name.get(&function) {
-                        f.set_queue_backlog(n.min(u32::MAX as usize) as u32);
-                    }
+                    report(&gateway, &function, &t, "consuming", n as u64, None);
                 }
                 tokio::time::sleep(BACKLOG_EVERY).await;
             }
