@@ -487,7 +487,7 @@ impl Gateway {
         let failed = |why: String| Reject {
             status: StatusCode::BAD_GATEWAY,
             message: why,
-            log: pool.log_tail(20),
+            log: pool.log_tail(100).map(|lines| distinct_tail(lines, 20)),
         };
         if let Some(why) = pool.failure() {
             return Err(Waited::Refused(failed(why)));
@@ -537,6 +537,15 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The last `n` of `lines` with repeats dropped (each kept where it first appeared): a
+/// crash loop writes the same traceback five times, a person needs to read it once.
+fn distinct_tail(lines: Vec<String>, n: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<String> = lines.into_iter().filter(|l| seen.insert(l.clone())).collect();
+    let skip = distinct.len().saturating_sub(n);
+    distinct.into_iter().skip(skip).collect()
 }
 
 /// A copy of `req` to send again, when its body is all in memory.
