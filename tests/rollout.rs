@@ -303,6 +303,11 @@ fn the_cli_says_what_is_true() {
         "{err}"
     );
     assert!(!err.contains("\\n") && !err.contains("\"log\""), "{err}");
+    assert_eq!(
+        err.matches("SystemExit: broken: no config").count(),
+        1,
+        "five failed starts, one copy of their output: {err}"
+    );
 }
 
 #[test]
