@@ -185,8 +185,9 @@ impl Drop for Running {
     }
 }
 
-/// Stops a task when dropped (the lease keeper of a delivery).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Stops a task when dropped (the lease keeper of a delivery, a queue message's
+/// in-progress ticker).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

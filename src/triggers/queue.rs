@@ -20,6 +20,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 
+use crate::gateway::async_calls::AbortOnDrop;
 use crate::gateway::dispatch::Via;
 use crate::gateway::Gateway;
 use crate::spec::function::QueueTrigger;
@@ -226,15 +227,6 @@ async fn serve(
     }
     drop(backlog);
     Err("the consumer's message stream ended".into())
-}
-
-/// Stops a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// What one message needs to be handled.
