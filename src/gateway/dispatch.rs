@@ -543,7 +543,10 @@ impl Gateway {
 /// crash loop writes the same traceback five times, a person needs to read it once.
 fn distinct_tail(lines: Vec<String>, n: usize) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    let distinct: Vec<String> = lines.into_iter().filter(|l| seen.insert(l.clone())).collect();
+    let distinct: Vec<String> = lines
+        .into_iter()
+        .filter(|l| seen.insert(l.clone()))
+        .collect();
     let skip = distinct.len().saturating_sub(n);
     distinct.into_iter().skip(skip).collect()
 }
