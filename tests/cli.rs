@@ -564,3 +564,21 @@ fn a_queue_trigger_needs_a_nats_server_and_valid_names() {
         ],
     );
 }
+
+#[test]
+fn a_schedule_takes_an_iana_time_zone() {
+    let stderr = invalid(
+        "name: bad\nruntime: python\nhandler: handler.py\ntriggers:\n  - schedule: { cron: \"0 9 * * *\", timezone: Europe/Pariss }\n",
+    );
+    assert_has(
+        &stderr,
+        &["triggers[0].schedule.timezone: \"Europe/Pariss\" is not a time zone (did you mean Europe/Paris?)"],
+    );
+    let dir = repo(&[(
+        "tick",
+        "triggers:\n  - schedule: { cron: \"0 9 * * *\", timezone: Europe/Paris }\n",
+    )]);
+    render_ok(dir.path());
+    let cronjob = fs::read_to_string(dir.path().join("generated/tick/schedule-1.yaml")).unwrap();
+    assert!(cronjob.contains("timeZone: Europe/Paris"), "{cronjob}");
+}

@@ -510,6 +510,7 @@ async fn schedule_loop(gateway: Arc<Gateway>) {
                                 function: name.clone(),
                                 index,
                                 cron: t.cron.clone(),
+                                timezone: t.timezone.clone(),
                             },
                             t.body.clone(),
                         )

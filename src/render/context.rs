@@ -144,6 +144,7 @@ pub struct ScheduleContext {
     pub cron: String,
     pub body: String,
     pub deadline_seconds: u64,
+    pub timezone: Option<String>,
 }
 
 /// The parts of a template's context that change from one object to the next; the
@@ -394,6 +395,7 @@ impl FunctionContext {
                 name: format!("{}-schedule-{}", self.name, i + 1),
                 cron: s.cron.clone(),
                 body: s.body.clone(),
+                timezone: s.timezone.clone(),
                 deadline_seconds: self.timeout_seconds
                     + self.scale.cold_start_timeout.seconds_ceil()
                     + 30,

@@ -83,6 +83,9 @@ pub struct HttpTrigger {
 pub struct ScheduleTrigger {
     pub cron: String,
     pub body: String,
+    /// An IANA time zone the expression is read in (UTC when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

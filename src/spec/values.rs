@@ -109,6 +109,12 @@ pub fn check_dns_label(name: &str, max_len: usize) -> Result<(), String> {
     }
 }
 
+/// The IANA time zone nearest to `name` (case and spelling), if one is near.
+pub fn closest_time_zone(name: &str) -> Option<&'static str> {
+    let names: Vec<&'static str> = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()).collect();
+    crate::spec::decode::closest(name, &names)
+}
+
 /// A suggestion for a name that is not a DNS-1123 label.
 pub fn suggest_dns_label(name: &str) -> String {
     let mut out: String = name

@@ -9,12 +9,14 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use croner::Cron;
 
-/// One schedule trigger, identified by function, position and expression.
+/// One schedule trigger, identified by function, position, expression and time zone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScheduleKey {
     pub function: String,
     pub index: usize,
     pub cron: String,
+    /// IANA name; UTC when None.
+    pub timezone: Option<String>,
 }
 
 /// When each schedule fires next. Pure: the caller supplies the time.
@@ -23,12 +25,25 @@ pub struct Schedules {
     next: HashMap<ScheduleKey, DateTime<Utc>>,
 }
 
-/// The first time strictly after `after` that `cron` matches.
+/// The first time strictly after `after` that `cron` matches, read in UTC.
 pub fn next_after(cron: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    Cron::from_str(cron)
-        .ok()?
-        .find_next_occurrence(&after, false)
-        .ok()
+    next_after_in(cron, None, after)
+}
+
+/// The first time strictly after `after` that `cron` matches, read in the time zone `tz`
+/// (an IANA name; UTC when None), as a CronJob with `timeZone` reads it.
+pub fn next_after_in(cron: &str, tz: Option<&str>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let cron = Cron::from_str(cron).ok()?;
+    match tz {
+        None => cron.find_next_occurrence(&after, false).ok(),
+        Some(name) => {
+            let zone: chrono_tz::Tz = name.parse().ok()?;
+            let local = after.with_timezone(&zone);
+            cron.find_next_occurrence(&local, false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        }
+    }
 }
 
 impl Schedules {
@@ -45,14 +60,14 @@ impl Schedules {
         for (key, body) in current {
             match self.next.get(key) {
                 None => {
-                    if let Some(t) = next_after(&key.cron, now) {
+                    if let Some(t) = next_after_in(&key.cron, key.timezone.as_deref(), now) {
                         self.next.insert(key.clone(), t);
                     }
                 }
                 Some(t) if *t <= now => {
                     fire.push((key.clone(), body.clone()));
                     // Missed runs are not made up for (concurrencyPolicy Forbid, like the CronJob).
-                    if let Some(t) = next_after(&key.cron, now) {
+                    if let Some(t) = next_after_in(&key.cron, key.timezone.as_deref(), now) {
                         self.next.insert(key.clone(), t);
                     }
                 }
@@ -77,7 +92,25 @@ mod tests {
             function: "f".into(),
             index: 0,
             cron: cron.into(),
+            timezone: None,
         }
+    }
+
+    #[test]
+    fn a_time_zone_reads_the_expression_in_local_time() {
+        // 09:00 in Paris on 26 November 2026 (CET, UTC+1) is 08:00 UTC.
+        assert_eq!(
+            next_after_in("0 9 * * *", Some("Europe/Paris"), at(7, 0, 0)),
+            Some(at(8, 0, 0))
+        );
+        assert_eq!(
+            next_after_in("0 9 * * *", None, at(7, 0, 0)),
+            Some(at(9, 0, 0))
+        );
+        assert_eq!(
+            next_after_in("0 9 * * *", Some("Nowhere/Else"), at(7, 0, 0)),
+            None
+        );
     }
 
     #[test]

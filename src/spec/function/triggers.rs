@@ -95,7 +95,7 @@ fn read_http(
 }
 
 fn read_schedule(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
-    let f = r.mapping(node, path, &["cron", "body"])?;
+    let f = r.mapping(node, path, &["cron", "body", "timezone"])?;
     let c = r.required(&f, "cron", "cron: \"*/5 * * * *\"")?;
     let cron = r.string(
         c,
@@ -116,7 +116,30 @@ fn read_schedule(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
             )
         })
         .unwrap_or_default();
-    Some(Trigger::Schedule(ScheduleTrigger { cron, body }))
+    let timezone = f.get("timezone").and_then(|n| {
+        let hint = "an IANA time zone name, e.g. Europe/Paris, America/New_York or UTC";
+        let tz = r.string(n, &f.path_of("timezone"), hint)?;
+        match tz.parse::<chrono_tz::Tz>() {
+            Ok(_) => Some(tz),
+            Err(_) => {
+                let near = values::closest_time_zone(&tz)
+                    .map(|z| format!(" (did you mean {z}?)"))
+                    .unwrap_or_default();
+                r.error(
+                    n,
+                    &f.path_of("timezone"),
+                    format!("{tz:?} is not a time zone{near}"),
+                    hint,
+                );
+                None
+            }
+        }
+    });
+    Some(Trigger::Schedule(ScheduleTrigger {
+        cron,
+        body,
+        timezone,
+    }))
 }
 
 fn read_queue(r: &mut Reader, node: &Node, path: &str, function: &str) -> Option<Trigger> {
