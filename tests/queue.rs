@@ -224,3 +224,47 @@ fn a_nats_server_that_was_killed_is_reconnected_to_and_nothing_stored_is_lost() 
     );
     assert_eq!(stream_len(&again.url, "CUBEFLASH_JOB"), 0);
 }
+
+/// Queue-trigger throughput through a no-op function (nginx answering 200), as a benchmark:
+/// `cargo test --release --test queue -- --ignored --nocapture queue_throughput`.
+#[test]
+#[ignore = "a benchmark, not a check: run it with --ignored --nocapture (needs nginx)"]
+fn queue_throughput() {
+    need("nginx");
+    let nats = NatsServer::start();
+    let runner = "dir=$(mktemp -d)\ncat > \"$dir/nginx.conf\" <<CONF\nworker_processes 1;\ndaemon off;\npid $dir/nginx.pid;\nerror_log stderr error;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fcgi;\n  uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;\n  keepalive_requests 1000000;\n  server { listen 127.0.0.1:$PORT; location / { return 200 \"ok\\n\"; } }\n}\nCONF\nexec nginx -p \"$dir\" -c \"$dir/nginx.conf\"\n";
+    let project = format!("namespace: test\nnats: {{ url: \"{}\" }}\n", nats.url);
+    let root = temp_tree(&[
+        ("cubeflash.yaml", project.as_str()),
+        (
+            "functions/noop/function.yaml",
+            "name: noop\nruntime: exec\nhandler: sh run-nginx.sh\nscale: { min: 1, max: 1, concurrency: 1000 }\ntriggers:\n  - queue: { subject: bench.q, concurrency: 64 }\n",
+        ),
+        ("functions/noop/run-nginx.sh", runner),
+    ]);
+    let _gw = TestGateway::serve(root);
+    wait_for_stream(&nats.url, "CUBEFLASH_NOOP");
+    let n = 20_000;
+    let started = Instant::now();
+    rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+        let mut acks = Vec::with_capacity(n);
+        for i in 0..n {
+            acks.push(js.publish("bench.q", format!("m{i}").into()).await.unwrap());
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    });
+    let published = started.elapsed();
+    wait_until("drained", 300, || {
+        stream_len(&nats.url, "CUBEFLASH_NOOP") == 0
+    });
+    let total = started.elapsed();
+    eprintln!(
+        "{n} messages: published in {:.2} s, all handled and acked {:.2} s after the first publish: {:.0} messages/s end to end",
+        published.as_secs_f64(),
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64()
+    );
+}
