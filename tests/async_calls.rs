@@ -48,6 +48,17 @@ fn call(base: &str, id: &str, wait: &str) -> Value {
         .unwrap()
 }
 
+/// The status of an admin API request with the admin token.
+fn admin_status(gw: &TestGateway, method: reqwest::Method, path: &str) -> u16 {
+    client()
+        .request(method, gw.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn result_body(call: &Value) -> Value {
     serde_json::from_str(call["result"]["body"].as_str().unwrap()).unwrap()
 }
@@ -139,12 +150,14 @@ fn a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven() {
     let listed = gw.admin("/system/calls?state=dead");
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     // Redrive: a fresh budget of 1 + 2 attempts.
-    let r = client()
-        .post(gw.url(&format!("/system/calls/{id}/redrive")))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        admin_status(
+            &gw,
+            reqwest::Method::POST,
+            &format!("/system/calls/{id}/redrive")
+        ),
+        200
+    );
     let again = call(&base, &id, "20s");
     assert_eq!(again["state"], "dead", "{again}");
     assert_eq!(again["attempts"].as_array().unwrap().len(), 6, "{again}");
@@ -152,24 +165,22 @@ fn a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven() {
     let (_, ok) = post(&base, "/ok", "z", None);
     let ok_id = ok["callId"].as_str().unwrap();
     call(&base, ok_id, "20s");
-    let r = client()
-        .post(gw.url(&format!("/system/calls/{ok_id}/redrive")))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let r = client()
-        .delete(gw.url(&format!("/system/calls/{id}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let gone = client()
-        .get(gw.url(&format!("/system/calls/{id}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(gone.status(), 404);
+    assert_eq!(
+        admin_status(
+            &gw,
+            reqwest::Method::POST,
+            &format!("/system/calls/{ok_id}/redrive")
+        ),
+        409
+    );
+    assert_eq!(
+        admin_status(&gw, reqwest::Method::DELETE, &format!("/system/calls/{id}")),
+        200
+    );
+    assert_eq!(
+        admin_status(&gw, reqwest::Method::GET, &format!("/system/calls/{id}")),
+        404
+    );
 }
 
 #[test]
