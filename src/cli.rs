@@ -212,6 +212,13 @@ pub enum Command {
         /// The kubeconfig context (default: the kubeconfig's current context, else in-cluster).
         #[arg(long)]
         context: Option<String>,
+        /// The NATS server (with JetStream) that stores async calls and feeds queue
+        /// triggers (nats.url); without it both are off.
+        #[arg(long, env = "CUBEFLASH_NATS_URL")]
+        nats_url: Option<String>,
+        /// A host an async call's X-Callback-Url may name (gateway.callbackHosts); repeat it.
+        #[arg(long = "callback-host")]
+        callback_hosts: Vec<String>,
     },
     /// Load-test functions (serverless against their always-on baseline) or any URL, and
     /// write latency histograms, summary.csv and an HTML report under bench/results/.

@@ -147,6 +147,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             idle_timeout,
             log_format,
             context,
+            nats_url,
+            callback_hosts,
         } => kubernetes::gateway(
             &mut out,
             crate::gateway::kubernetes::KubeGatewayConfig {
@@ -158,6 +160,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     .ok()
                     .filter(|t| !t.is_empty()),
                 read_token: std::env::var("CUBEFLASH_READ_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+                nats_url: nats_url.filter(|u| !u.is_empty()),
+                callback_hosts: callback_hosts
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                callback_secret: std::env::var("CUBEFLASH_CALLBACK_SECRET")
                     .ok()
                     .filter(|t| !t.is_empty()),
             },

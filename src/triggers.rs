@@ -1,6 +1,8 @@
-//! Triggers other than HTTP. Only `schedule` runs locally so far; async calls and NATS
-//! queue triggers are still open work.
+//! Triggers other than HTTP: schedules, async calls (their stores) and NATS JetStream
+//! queue triggers.
 
 pub mod calls;
+pub mod jetstream_calls;
 pub mod queue;
 pub mod schedule;
+pub mod store;

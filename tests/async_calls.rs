@@ -1,27 +1,102 @@
 //! Async calls on the local platform: POST /async-function/NAME answers 202 only once the
-//! call is stored (redb under .cubeflash/), the gateway delivers it through the engine with
-//! retries, and /system/calls shows it. Real gateway, real python replicas, loopback only.
+//! call is stored, the gateway delivers it through the engine with retries, and
+//! /system/calls shows it. Each case runs against both stores: redb under .cubeflash/ and
+//! NATS JetStream (a real nats-server on a free loopback port, as in a cluster). Real
+//! gateway, real python replicas, loopback only.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::gateway::{client, TestGateway, UpProcess, TOKEN};
-use common::{need, repo_root, temp_tree};
+use common::{need, repo_root, temp_tree, NatsServer};
 use serde_json::Value;
 
 const POLICY: &str = "async: { retries: 2, minBackoff: 100ms, maxBackoff: 200ms, maxAge: 1m }\n";
 
-fn repo(extra: &str) -> tempfile::TempDir {
-    let handler =
-        std::fs::read_to_string(repo_root().join("tests/fixtures/async/handler.py")).unwrap();
-    let yaml = format!("name: job\nruntime: python\nhandler: handler.py\n{extra}");
-    temp_tree(&[
-        ("cubeflash.yaml", "namespace: test\n"),
-        ("functions/job/function.yaml", yaml.as_str()),
-        ("functions/job/handler.py", handler.as_str()),
-    ])
+/// Where the calls are stored: redb, or a nats-server of the test's own.
+struct Backing {
+    nats: Option<NatsServer>,
 }
+
+impl Backing {
+    fn redb() -> Self {
+        Self { nats: None }
+    }
+
+    fn jetstream() -> Self {
+        Self {
+            nats: Some(NatsServer::start()),
+        }
+    }
+
+    /// cubeflash.yaml, with `gateway` settings added.
+    fn project(&self, gateway: &str) -> String {
+        match &self.nats {
+            None => format!("namespace: test\ngateway: {{ {gateway} }}\n"),
+            Some(n) => format!(
+                "namespace: test\nnats: {{ url: \"{}\" }}\ngateway: {{ asyncStore: jetstream, {gateway} }}\n",
+                n.url
+            ),
+        }
+    }
+
+    fn repo(&self, extra: &str) -> tempfile::TempDir {
+        self.repo_with(extra, "")
+    }
+
+    fn repo_with(&self, extra: &str, gateway: &str) -> tempfile::TempDir {
+        let handler =
+            std::fs::read_to_string(repo_root().join("tests/fixtures/async/handler.py")).unwrap();
+        let yaml = format!("name: job\nruntime: python\nhandler: handler.py\n{extra}");
+        let project = self.project(gateway);
+        temp_tree(&[
+            ("cubeflash.yaml", project.as_str()),
+            ("functions/job/function.yaml", yaml.as_str()),
+            ("functions/job/handler.py", handler.as_str()),
+        ])
+    }
+
+    /// SIGKILLs the nats-server (if any) and starts it again on its port and store.
+    fn restart_nats(&mut self) {
+        if let Some(n) = self.nats.take() {
+            let port = n.port;
+            let store = n.kill();
+            self.nats = Some(NatsServer::start_on(port, store));
+        }
+    }
+}
+
+/// Each case, once on each store.
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod redb {
+            $(#[test]
+            fn $case() {
+                super::$case(&mut super::Backing::redb());
+            })*
+        }
+        mod jetstream {
+            $(#[test]
+            fn $case() {
+                super::common::need("nats-server");
+                super::$case(&mut super::Backing::jetstream());
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    an_async_call_is_stored_then_delivered_with_its_id_and_shown,
+    failures_are_retried_with_backoff_until_the_function_succeeds,
+    a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven,
+    refused_calls_are_never_stored,
+    an_idempotency_key_answers_with_the_first_calls_id,
+    an_accepted_call_survives_a_killed_gateway,
+    retry_gaps_follow_the_policy_within_twenty_percent,
+    two_hundred_calls_survive_a_gateway_killed_mid_drain,
+    a_callback_gets_the_signed_result_and_is_retried_on_500,
+);
 
 /// POSTs an async call; its status and JSON answer.
 fn post(base: &str, rest: &str, body: &str, key: Option<&str>) -> (u16, Value) {
@@ -63,10 +138,9 @@ fn result_body(call: &Value) -> Value {
     serde_json::from_str(call["result"]["body"].as_str().unwrap()).unwrap()
 }
 
-#[test]
-fn an_async_call_is_stored_then_delivered_with_its_id_and_shown() {
+fn an_async_call_is_stored_then_delivered_with_its_id_and_shown(s: &mut Backing) {
     need("python3");
-    let gw = TestGateway::serve(repo(POLICY));
+    let gw = TestGateway::serve(s.repo(POLICY));
     let resp = client()
         .post(gw.url("/async-function/job/ok?x=1"))
         .body("hello")
@@ -104,10 +178,9 @@ fn an_async_call_is_stored_then_delivered_with_its_id_and_shown() {
         .contains("cubeflash_async_delivered_total{function=\"job\"} 1"));
 }
 
-#[test]
-fn failures_are_retried_with_backoff_until_the_function_succeeds() {
+fn failures_are_retried_with_backoff_until_the_function_succeeds(s: &mut Backing) {
     need("python3");
-    let gw = TestGateway::serve(repo(POLICY));
+    let gw = TestGateway::serve(s.repo(POLICY));
     let (status, accepted) = post(&gw.url(""), "/flaky?fail=2", "k1", None);
     assert_eq!(status, 202);
     let done = call(&gw.url(""), accepted["callId"].as_str().unwrap(), "20s");
@@ -118,10 +191,9 @@ fn failures_are_retried_with_backoff_until_the_function_succeeds() {
     assert_eq!(result_body(&done)["attempt"], "3");
 }
 
-#[test]
-fn a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven() {
+fn a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven(s: &mut Backing) {
     need("python3");
-    let gw = TestGateway::serve(repo(POLICY));
+    let gw = TestGateway::serve(s.repo(POLICY));
     let base = gw.url("");
     let (_, bad) = post(&base, "/status?code=422", "x", None);
     let failed = call(&base, bad["callId"].as_str().unwrap(), "20s");
@@ -183,10 +255,9 @@ fn a_4xx_fails_at_once_and_used_up_retries_are_dead_until_redriven() {
     );
 }
 
-#[test]
-fn refused_calls_are_never_stored() {
+fn refused_calls_are_never_stored(s: &mut Backing) {
     need("python3");
-    let gw = TestGateway::serve(repo(POLICY));
+    let gw = TestGateway::serve(s.repo(POLICY));
     let r = client()
         .post(gw.url("/async-function/nope"))
         .body("x")
@@ -207,12 +278,30 @@ fn refused_calls_are_never_stored() {
     let r = client().get(gw.url("/system/calls")).send().unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(gw.admin("/system/calls"), serde_json::json!([]));
+    if let Some(nats) = s.nats.take() {
+        // Under the gateway's limit but over what NATS carries: refused, and why.
+        let r = client()
+            .post(gw.url("/async-function/job"))
+            .body(vec![b'x'; 2 * 1024 * 1024])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        assert!(r.text().unwrap().contains("max_payload"));
+        // The store gone: 503, never a 202 that will not run.
+        let store = nats.kill();
+        let r = client()
+            .post(gw.url("/async-function/job"))
+            .body("x")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        drop(store);
+    }
 }
 
-#[test]
-fn an_idempotency_key_answers_with_the_first_calls_id() {
+fn an_idempotency_key_answers_with_the_first_calls_id(s: &mut Backing) {
     need("python3");
-    let gw = TestGateway::serve(repo(POLICY));
+    let gw = TestGateway::serve(s.repo(POLICY));
     let base = gw.url("");
     let (_, first) = post(&base, "/ok", "a", Some("order-17"));
     let (_, second) = post(&base, "/ok", "a", Some("order-17"));
@@ -225,10 +314,9 @@ fn an_idempotency_key_answers_with_the_first_calls_id() {
     assert_eq!(gw.admin("/system/calls").as_array().unwrap().len(), 2);
 }
 
-#[test]
-fn an_accepted_call_survives_a_killed_gateway() {
+fn an_accepted_call_survives_a_killed_gateway(s: &mut Backing) {
     need("python3");
-    let root = repo(POLICY);
+    let root = s.repo(POLICY);
     let env = [("CUBEFLASH_ADMIN_TOKEN", TOKEN)];
     let mut up = UpProcess::start(root.path(), &env);
     let base = up.url.clone();
@@ -271,7 +359,7 @@ fn an_accepted_call_survives_a_killed_gateway() {
 #[test]
 fn the_cli_sends_async_calls_and_follows_them() {
     need("python3");
-    let p = common::gateway::Platform::new(repo(POLICY));
+    let p = common::gateway::Platform::new(Backing::redb().repo(POLICY));
     let (code, out, err) = p.run(&["deploy"]);
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, id, err) = p.run(&["invoke", "job", "--async", "-d", "from the cli"]);
@@ -304,12 +392,11 @@ fn the_cli_sends_async_calls_and_follows_them() {
     );
 }
 
-#[test]
-fn retry_gaps_follow_the_policy_within_twenty_percent() {
+fn retry_gaps_follow_the_policy_within_twenty_percent(s: &mut Backing) {
     need("python3");
-    let gw = TestGateway::serve(repo(
-        "async: { retries: 3, minBackoff: 300ms, maxBackoff: 1200ms }\n",
-    ));
+    let gw = TestGateway::serve(
+        s.repo("async: { retries: 3, minBackoff: 300ms, maxBackoff: 1200ms }\n"),
+    );
     let (_, accepted) = post(&gw.url(""), "/status?code=500", "g", None);
     let dead = call(&gw.url(""), accepted["callId"].as_str().unwrap(), "30s");
     assert_eq!(dead["state"], "dead", "{dead}");
@@ -326,10 +413,9 @@ fn retry_gaps_follow_the_policy_within_twenty_percent() {
     }
 }
 
-#[test]
-fn two_hundred_calls_survive_a_gateway_killed_mid_drain() {
+fn two_hundred_calls_survive_a_gateway_killed_mid_drain(s: &mut Backing) {
     need("python3");
-    let root = repo(&format!("{POLICY}scale: {{ max: 2, concurrency: 4 }}\n"));
+    let root = s.repo(&format!("{POLICY}scale: {{ max: 2, concurrency: 4 }}\n"));
     let env = [("CUBEFLASH_ADMIN_TOKEN", TOKEN)];
     let mut up = UpProcess::start(root.path(), &env);
     let http = client();
@@ -350,6 +436,8 @@ fn two_hundred_calls_survive_a_gateway_killed_mid_drain() {
     // Some are done, some running, most queued: kill it there.
     nix::sys::signal::kill(up.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = up.child.wait();
+    // The NATS server too, when it is the store: nothing stored is lost.
+    s.restart_nats();
     let up = UpProcess::start(root.path(), &env);
     let mut redelivered = 0;
     for id in &ids {
@@ -413,13 +501,10 @@ fn receiver(statuses: Vec<u16>) -> (u16, std::sync::mpsc::Receiver<(String, Vec<
     (port, rx)
 }
 
-#[test]
-fn a_callback_gets_the_signed_result_and_is_retried_on_500() {
+fn a_callback_gets_the_signed_result_and_is_retried_on_500(s: &mut Backing) {
     need("python3");
     let (port, got) = receiver(vec![500]);
-    let root = repo(POLICY);
-    let yaml = format!("namespace: test\ngateway: {{ callbackHosts: [\"127.0.0.1:{port}\"] }}\n");
-    std::fs::write(root.path().join("cubeflash.yaml"), yaml).unwrap();
+    let root = s.repo_with(POLICY, &format!("callbackHosts: [\"127.0.0.1:{port}\"]"));
     let gw = TestGateway::serve(root);
     // A host that is not allowed is refused before anything is stored.
     let r = client()

@@ -10,7 +10,7 @@ use hyper::body::Body;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::api::{self, CallState, FunctionInfo, ReplicaCount, ScaleRequest};
-use super::async_calls::{blocking, AsyncCalls};
+use super::async_calls::AsyncCalls;
 use super::body::BoxError;
 use super::function::FunctionState;
 use super::proxy::GatewayBody;
@@ -213,7 +213,7 @@ impl Gateway {
                     None => None,
                 };
                 let limit = param("limit").and_then(|n| n.parse().ok()).unwrap_or(100).min(10_000);
-                match blocking(&calls.store, move |s| s.list(function.as_deref(), state, limit)).await {
+                match calls.store.list(function, state, limit).await {
                     Ok(list) => json_response(StatusCode::OK, &list),
                     Err(e) => failed(e),
                 }
@@ -229,20 +229,20 @@ impl Gateway {
                     let changed = calls.changed.notified();
                     tokio::pin!(changed);
                     changed.as_mut().enable();
-                    let id = id.to_string();
-                    match blocking(&calls.store, move |s| s.get(&id)).await {
+                    match calls.store.get(id).await {
                         Ok(call) if call.state.finished() || tokio::time::Instant::now() >= deadline => {
                             return json_response(StatusCode::OK, &call)
                         }
                         Ok(_) => {}
                         Err(e) => return failed(e),
                     }
-                    let _ = tokio::time::timeout_at(deadline, changed).await;
+                    // Another gateway may finish it (a shared store): look again now and then.
+                    let next = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(500));
+                    let _ = tokio::time::timeout_at(next, changed).await;
                 }
             }
             (Method::POST, [id, "redrive"]) => {
-                let id = id.to_string();
-                match blocking(&calls.store, move |s| s.redrive(&id)).await {
+                match calls.store.redrive(id).await {
                     Ok(call) => {
                         calls.wake.notify_one();
                         json_response(StatusCode::OK, &call)
@@ -251,9 +251,8 @@ impl Gateway {
                 }
             }
             (Method::DELETE, [id]) => {
-                let id = id.to_string();
-                let shown = id.clone();
-                match blocking(&calls.store, move |s| s.purge(&id)).await {
+                let shown = id.to_string();
+                match calls.store.purge(id).await {
                     Ok(true) => json_response(StatusCode::OK, &serde_json::json!({ "purged": shown })),
                     Ok(false) => failed(StoreError::NotFound(shown)),
                     Err(e) => failed(e),

@@ -26,10 +26,9 @@ use super::dispatch::Via;
 use super::function::FunctionState;
 use super::proxy::{self, GatewayBody};
 use super::{json_error, json_response, Gateway};
-use crate::triggers::calls::{now_ms, CallStore, NewCall, Outcome, StoreError};
+use crate::triggers::calls::{now_ms, NewCall, Outcome, StoreError};
+use crate::triggers::store::Store;
 
-/// How long a delivery holds a call before it must extend its lease.
-const LEASE: Duration = Duration::from_secs(30);
 /// Finished (succeeded, failed) calls are kept this long for `GET /system/calls/ID`.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Most calls of one function delivered at once.
@@ -42,7 +41,7 @@ const PENDING_CAP: usize = 10_000;
 
 /// A backend's async calls: the store and the signals around it.
 pub struct AsyncCalls {
-    pub store: Arc<CallStore>,
+    pub store: Store,
     /// A call was accepted or redriven: look for due calls now.
     pub wake: Notify,
     /// A call changed state: long-polls look again.
@@ -55,7 +54,7 @@ pub struct AsyncCalls {
 }
 
 impl AsyncCalls {
-    pub fn new(store: CallStore, secret: String) -> Arc<Self> {
+    pub fn new(store: Store, secret: String) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .timeout(CALLBACK_TIMEOUT)
             // A redirect could point anywhere: the allowed host is the one that gets it.
@@ -63,7 +62,7 @@ impl AsyncCalls {
             .build()
             .expect("an HTTP client builds");
         Arc::new(Self {
-            store: Arc::new(store),
+            store,
             wake: Notify::new(),
             changed: Notify::new(),
             callback_hosts: Default::default(),
@@ -138,13 +137,11 @@ async fn send_callback(calls: Arc<AsyncCalls>, call: api::Call) {
             }
             Err(e) => (None, Some(format!("the callback failed: {e}")), true),
         };
-        let id = call.id.clone();
         let done = status.is_some_and(|s| (200..300).contains(&s));
-        let recorded = error.clone();
-        if let Err(e) = blocking(&calls.store, move |s| {
-            s.callback_tried(&id, status, recorded)
-        })
-        .await
+        if let Err(e) = calls
+            .store
+            .callback_tried(&call.id, status, error.clone())
+            .await
         {
             tracing::warn!(call = %call.id, error = %format!("{:#}", anyhow::Error::from(e)), "could not record a callback");
         }
@@ -158,20 +155,6 @@ async fn send_callback(calls: Arc<AsyncCalls>, call: api::Call) {
         wait *= 2;
     }
     tracing::warn!(call = %call.id, url = %cb.url, "callback given up after its tries");
-}
-
-/// Runs a blocking store operation off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    store: &Arc<CallStore>,
-    op: impl FnOnce(&CallStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || op(&store)).await {
-        Ok(r) => r,
-        Err(e) => Err(StoreError::from(redb::Error::Io(std::io::Error::other(
-            e.to_string(),
-        )))),
-    }
 }
 
 /// Counts one delivery of a function as running until dropped.
@@ -250,7 +233,7 @@ impl Gateway {
         let Some(calls) = self.backend().and_then(|b| b.calls()) else {
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "async calls are not available on this backend: in a cluster they need NATS JetStream, which this version of cubeflash does not support yet; call /function/NAME instead",
+                "async calls are off: in a cluster they are stored in NATS JetStream, and the gateway was given no NATS server (set `nats: { url: ... }` in cubeflash.yaml and deploy again); locally, see the gateway log for why the store did not open",
                 Some(&name),
             );
         };
@@ -315,7 +298,7 @@ impl Gateway {
             callback_url,
         };
         let id = self.next_call_id().to_str().unwrap_or_default().to_string();
-        let stored = blocking(&calls.store, move |s| s.accept(new, id)).await;
+        let stored = calls.store.accept(new, id).await;
         match stored {
             Ok((id, duplicate)) => {
                 if !duplicate {
@@ -343,11 +326,17 @@ impl Gateway {
                 }
                 resp
             }
+            Err(e @ StoreError::TooLarge { .. }) => json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("{e}; nothing was stored (raise max_payload in the NATS server's configuration, or send less)"),
+                Some(&name),
+            ),
             Err(e) => {
-                tracing::error!(function = %name, error = %format!("{:#}", anyhow::Error::from(e)), "an async call could not be stored");
+                let why = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(function = %name, error = %why, "an async call could not be stored");
                 json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the async call store failed; nothing was stored, retry shortly",
+                    &format!("the async call store failed ({why}); nothing was stored, retry shortly"),
                     Some(&name),
                 )
             }
@@ -358,7 +347,7 @@ impl Gateway {
 /// Delivers due calls until the gateway stops: requeues what a stopped gateway left
 /// running, then per function leases what its parallel budget allows.
 pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
-    match blocking(&calls.store, |s| s.requeue_running()).await {
+    match calls.store.requeue_running().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             calls = n,
@@ -368,7 +357,7 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
             tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "could not requeue the async calls left running")
         }
     }
-    match blocking(&calls.store, |s| s.pending_callbacks()).await {
+    match calls.store.pending_callbacks().await {
         Ok(pending) => {
             for call in pending {
                 tokio::spawn(send_callback(calls.clone(), call));
@@ -397,14 +386,12 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
             let budget =
                 (f.entry.scale.max.max(1) * f.entry.scale.concurrency.max(1)).min(MAX_PARALLEL);
             let free = budget.saturating_sub(busy) as usize;
-            let until = now_ms() + LEASE.as_millis() as u64;
-            let lookup = name.clone();
-            let (leased, pending) = match blocking(&calls.store, move |s| {
-                let leased = s.lease_due(&lookup, free, until)?;
-                Ok((leased, s.pending(&lookup, PENDING_CAP)?))
-            })
-            .await
-            {
+            let until = now_ms() + calls.store.lease().as_millis() as u64;
+            let leased = async {
+                let leased = calls.store.lease_due(&name, free, until).await?;
+                Ok::<_, StoreError>((leased, calls.store.pending(&name, PENDING_CAP).await?))
+            };
+            let (leased, pending) = match leased.await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(function = %name, error = %format!("{:#}", anyhow::Error::from(e)), "could not read the async call queue");
@@ -429,7 +416,7 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = std::time::Instant::now();
             let before = now_ms().saturating_sub(RETENTION.as_millis() as u64);
-            if let Err(e) = blocking(&calls.store, move |s| s.prune(before)).await {
+            if let Err(e) = calls.store.prune(before).await {
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "could not prune finished async calls");
             }
         }
@@ -450,13 +437,13 @@ async fn deliver(
     let keeper = {
         let (store, id) = (calls.store.clone(), id.clone());
         AbortOnDrop(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(LEASE / 3);
+            let lease = store.lease();
+            let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let until = now_ms() + LEASE.as_millis() as u64;
-                let id = id.clone();
-                if let Err(e) = blocking(&store, move |s| s.extend(&id, until)).await {
+                let until = now_ms() + lease.as_millis() as u64;
+                if let Err(e) = store.extend(&id, until).await {
                     tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "could not extend an async call's lease");
                 }
             }
@@ -604,11 +591,15 @@ async fn deliver(
         );
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            calls.wake.notify_one();
+            // Looked at again a little later too: JetStream redelivers a `nak` with a delay
+            // at about that time, not before.
+            for later in [0, 20, 80, 200] {
+                tokio::time::sleep(Duration::from_millis(later)).await;
+                calls.wake.notify_one();
+            }
         });
     }
-    let id2 = id.clone();
-    match blocking(&calls.store, move |s| s.finish(&id2, attempt, outcome)).await {
+    match calls.store.finish(&id, attempt, outcome).await {
         Ok(done) if done.state.finished() && done.callback.is_some() => {
             tokio::spawn(send_callback(calls.clone(), done));
         }

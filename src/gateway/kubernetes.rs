@@ -22,9 +22,12 @@ use crate::runtime::kubernetes::{describe_refusal, DeploymentPool};
 use crate::runtime::pool::ReplicaPool;
 
 use super::api::Reloaded;
+use super::async_calls::AsyncCalls;
 use super::function::FunctionState;
 use super::table::{RouteEntry, RouteTable, TableError};
 use super::{Backend, Gateway};
+use crate::triggers::jetstream_calls::JetCalls;
+use crate::triggers::store::Store;
 
 /// What `cubeflash gateway` needs.
 #[derive(Debug, Clone)]
@@ -37,6 +40,36 @@ pub struct KubeGatewayConfig {
     pub admin_token: Option<String>,
     /// Read-only token of the admin API.
     pub read_token: Option<String>,
+    /// NATS (JetStream): the async call store and the queue triggers' source.
+    pub nats_url: Option<String>,
+    /// Hosts an async call's callback may go to.
+    pub callback_hosts: Vec<String>,
+    /// Signs callbacks; every gateway replica needs the same one.
+    pub callback_secret: Option<String>,
+}
+
+impl KubeGatewayConfig {
+    /// The callback signing key: the one given, else one derived from the admin token
+    /// (the same in every replica), else a random one (a warning: replicas then differ).
+    fn callback_secret(&self) -> String {
+        use hmac::Mac;
+        if let Some(s) = &self.callback_secret {
+            return s.clone();
+        }
+        if let Some(token) = &self.admin_token {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes())
+                .expect("HMAC takes any key");
+            mac.update(b"cubeflash callback secret");
+            return mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+        }
+        tracing::warn!("no CUBEFLASH_CALLBACK_SECRET and no admin token: callbacks are signed with a key of this replica's own");
+        super::tokens::random_token().unwrap_or_else(|_| format!("{:x}", std::process::id()))
+    }
 }
 
 /// Why the backend could not start.
@@ -65,6 +98,9 @@ pub struct KubeBackend {
     pools: Mutex<HashMap<String, Arc<DeploymentPool>>>,
     /// What the watchers or the route table cannot do now, by source.
     trouble: Mutex<HashMap<&'static str, String>>,
+    /// Async calls, stored in JetStream (none without NATS).
+    calls: Option<Arc<AsyncCalls>>,
+    nats: Option<String>,
 }
 
 impl KubeBackend {
@@ -81,6 +117,15 @@ impl KubeBackend {
             routes_configmap: config.routes_configmap.clone(),
             pools: Mutex::default(),
             trouble: Mutex::default(),
+            calls: config.nats_url.as_ref().map(|url| {
+                let calls = AsyncCalls::new(
+                    Store::JetStream(JetCalls::start(url)),
+                    config.callback_secret(),
+                );
+                calls.set_callback_hosts(config.callback_hosts.clone());
+                calls
+            }),
+            nats: config.nats_url.clone(),
         });
         let cms: Api<ConfigMap> = Api::namespaced(client, &config.namespace);
         let cm =
@@ -362,9 +407,26 @@ impl Backend for KubeBackend {
         gateway: Arc<Gateway>,
         _stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![
-            tokio::spawn(self.clone().watch_routes(gateway)),
-            tokio::spawn(self.watch_deployments()),
-        ]
+        let mut loops = vec![
+            tokio::spawn(self.clone().watch_routes(gateway.clone())),
+            tokio::spawn(self.clone().watch_deployments()),
+        ];
+        if let Some(calls) = &self.calls {
+            loops.push(tokio::spawn(super::async_calls::deliver_loop(
+                gateway.clone(),
+                calls.clone(),
+            )));
+        }
+        if let Some(url) = &self.nats {
+            loops.push(tokio::spawn(crate::triggers::queue::run(
+                gateway,
+                url.clone(),
+            )));
+        }
+        loops
+    }
+
+    fn calls(&self) -> Option<Arc<AsyncCalls>> {
+        self.calls.clone()
     }
 }

@@ -25,6 +25,7 @@ use super::function::FunctionState;
 use super::table::RouteEntry;
 use super::{Backend, Gateway, GatewayError};
 use crate::triggers::calls::CallStore;
+use crate::triggers::store::Store;
 
 pub struct LocalBackend {
     root: PathBuf,
@@ -79,15 +80,13 @@ impl LocalBackend {
             reloading: tokio::sync::Mutex::new(()),
             nats: repo.project.nats.as_ref().map(|n| n.url.clone()),
             dirs: Arc::default(),
-            calls: match CallStore::open(&state_dir.join(CALLS_FILE))
-                .map_err(anyhow::Error::from)
-                .and_then(|store| {
-                    let secret = super::tokens::file_token(
-                        state_dir,
-                        &state_dir.join(super::tokens::CALLBACK_SECRET_FILE),
-                    )?;
-                    Ok(AsyncCalls::new(store, secret))
-                }) {
+            calls: match open_call_store(repo, state_dir).and_then(|store| {
+                let secret = super::tokens::file_token(
+                    state_dir,
+                    &state_dir.join(super::tokens::CALLBACK_SECRET_FILE),
+                )?;
+                Ok(AsyncCalls::new(store, secret))
+            }) {
                 Ok(calls) => Some(calls),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "async calls are off: their store cannot be opened");
@@ -546,5 +545,20 @@ async fn schedule_loop(gateway: Arc<Gateway>) {
                 ));
             });
         }
+    }
+}
+
+/// The async call store cubeflash.yaml asks for: `.cubeflash/calls.redb`, or JetStream.
+fn open_call_store(repo: &Repo, state_dir: &Path) -> anyhow::Result<Store> {
+    match (
+        repo.project.async_store(crate::spec::Target::Local),
+        &repo.project.nats,
+    ) {
+        (crate::spec::project::AsyncStore::JetStream, Some(nats)) => Ok(Store::JetStream(
+            crate::triggers::jetstream_calls::JetCalls::start(&nats.url),
+        )),
+        _ => Ok(Store::Redb(std::sync::Arc::new(CallStore::open(
+            &state_dir.join(CALLS_FILE),
+        )?))),
     }
 }

@@ -58,9 +58,7 @@ pub fn file_token(state_dir: &Path, path: &Path) -> std::io::Result<String> {
         }
     }
     std::fs::create_dir_all(state_dir)?;
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_token()?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -69,4 +67,11 @@ pub fn file_token(state_dir: &Path, path: &Path) -> std::io::Result<String> {
         .open(path)?;
     writeln!(file, "{token}")?;
     Ok(token)
+}
+
+/// 24 random bytes, as hex.
+pub fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -36,6 +36,9 @@ pub struct GatewayContext {
     pub header_timeout: String,
     pub body_timeout: String,
     pub idle_timeout: String,
+    /// NATS (JetStream) for async calls and queue triggers, if cubeflash.yaml names one.
+    pub nats_url: Option<String>,
+    pub callback_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +69,8 @@ impl ProjectContext {
                 header_timeout: project.gateway.header_timeout.text.clone(),
                 body_timeout: project.gateway.body_timeout.text.clone(),
                 idle_timeout: project.gateway.idle_timeout.text.clone(),
+                nats_url: project.nats.as_ref().map(|n| n.url.clone()),
+                callback_hosts: project.gateway.callback_hosts.clone(),
             },
             uid: RUN_AS_UID,
         }

@@ -39,8 +39,20 @@ pub struct Images {
     pub gateway: String,
 }
 
+/// Where async calls are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AsyncStore {
+    /// `.cubeflash/calls.redb` (the local platform's default).
+    Redb,
+    /// NATS JetStream at `nats.url` (always so on Kubernetes).
+    JetStream,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GatewaySettings {
+    /// Where async calls are kept: unset means redb locally, JetStream on Kubernetes.
+    pub async_store: Option<AsyncStore>,
     pub port: u32,
     /// Largest request body, in bytes.
     pub max_body_size: u64,
@@ -75,6 +87,16 @@ pub struct NatsSettings {
     pub url: String,
 }
 
+impl ProjectSpec {
+    /// The async call store on `target`: JetStream in a cluster, else as configured.
+    pub fn async_store(&self, target: Target) -> AsyncStore {
+        match (target, self.gateway.async_store) {
+            (Target::Kubernetes, _) => AsyncStore::JetStream,
+            (Target::Local, store) => store.unwrap_or(AsyncStore::Redb),
+        }
+    }
+}
+
 impl Default for ProjectSpec {
     fn default() -> Self {
         Self {
@@ -96,6 +118,7 @@ impl Default for ProjectSpec {
                 body_timeout: Dur::parse(defaults::BODY_TIMEOUT).expect("default parses"),
                 idle_timeout: Dur::parse(defaults::IDLE_TIMEOUT).expect("default parses"),
                 callback_hosts: Vec::new(),
+                async_store: None,
             },
             nats: None,
         }
@@ -174,8 +197,34 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                     "bodyTimeout",
                     "idleTimeout",
                     "callbackHosts",
+                    "asyncStore",
                 ],
             ) {
+                if let Some(n) = g.get("asyncStore") {
+                    match r.string(n, "gateway.asyncStore", "").as_deref() {
+                        Some("jetstream") if p.nats.is_none() => r.error(
+                            n,
+                            "gateway.asyncStore",
+                            "async calls stored in JetStream need a NATS server, and cubeflash.yaml names none",
+                            "add `nats: { url: nats://127.0.0.1:4222 }` (run one with `nats-server -js`), or use `asyncStore: redb`",
+                        ),
+                        Some("jetstream") => p.gateway.async_store = Some(AsyncStore::JetStream),
+                        Some("redb") if p.target == Target::Kubernetes => r.error(
+                            n,
+                            "gateway.asyncStore",
+                            "redb keeps async calls on the gateway's disk, and a gateway pod's disk is not a durable queue",
+                            "on the Kubernetes target async calls are stored in NATS JetStream: remove `asyncStore` and set `nats: { url: ... }`",
+                        ),
+                        Some("redb") => p.gateway.async_store = Some(AsyncStore::Redb),
+                        Some(other) => r.error(
+                            n,
+                            "gateway.asyncStore",
+                            format!("unknown async call store {other:?}"),
+                            "use `redb` (a file under .cubeflash/, local platform only) or `jetstream` (the NATS server at nats.url)",
+                        ),
+                        None => {}
+                    }
+                }
                 if let Some(n) = g.get("callbackHosts") {
                     let hint = "list host names or host:port, e.g. `callbackHosts: [127.0.0.1:9000, hooks.example.com]`";
                     for item in r

@@ -350,12 +350,6 @@ fn check_queues(project: &ProjectSpec, functions: &[Function], diags: &mut Diagn
                         .with_hint("add `nats: { url: nats://127.0.0.1:4222 }` to cubeflash.yaml (run one with `nats-server -js`)"),
                 );
             }
-            if project.target == crate::spec::Target::Kubernetes {
-                diags.push(
-                    at("queue triggers run on the local platform only in this version: the Kubernetes gateway does not consume them yet".into())
-                        .with_hint("deploy with --target local, or remove the trigger"),
-                );
-            }
             if let Some((other, _, _)) = durables
                 .iter()
                 .find(|(_, s, d)| *s == q.stream && *d == q.durable)

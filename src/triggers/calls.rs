@@ -46,6 +46,28 @@ pub enum StoreError {
     NotDead { id: String, state: CallState },
     #[error("call {0} is running: purge it once its attempt is over")]
     Running(String),
+    #[error("the JetStream call store could not {what}")]
+    Nats {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the JetStream call store is not connected yet ({0})")]
+    Unavailable(String),
+    #[error("the body is {size} bytes, over the NATS server's max_payload of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+}
+
+impl StoreError {
+    /// A JetStream operation that failed.
+    pub fn nats<E: std::error::Error + Send + Sync + 'static>(
+        what: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| Self::Nats {
+            what,
+            source: Box::new(source),
+        }
+    }
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
@@ -69,6 +91,7 @@ pub struct NewCall {
 pub const CALLBACK_TRIES: u32 = 5;
 
 /// How an attempt ended, as the delivery worker judged it.
+#[derive(Clone)]
 pub enum Outcome {
     Succeeded(CallResult),
     Failed(CallResult, String),
@@ -131,11 +154,154 @@ fn due_key(function: &str, at: u64, id: &str) -> String {
     format!("{function}\0{at:020}\0{id}")
 }
 
-fn decode(bytes: &[u8]) -> Result<Call, StoreError> {
+/// The record of a call just accepted.
+pub fn new_record(new: &NewCall, id: String, now: u64) -> Call {
+    Call {
+        id,
+        function: new.function.clone(),
+        state: CallState::Queued,
+        method: new.method.clone(),
+        path: new.path.clone(),
+        headers: new.headers.clone(),
+        body_bytes: new.body.len() as u64,
+        accepted_at: now,
+        next_attempt_at: Some(now),
+        lease_until: None,
+        attempts: Vec::new(),
+        result: None,
+        error: None,
+        redriven: 0,
+        callback: new
+            .callback_url
+            .clone()
+            .map(|url| crate::gateway::api::Callback {
+                url,
+                attempts: 0,
+                status: None,
+                error: None,
+                delivered: false,
+            }),
+    }
+}
+
+/// Records an attempt and what follows from it; returns when the call is due again, if it
+/// is to be retried.
+pub fn record_outcome(call: &mut Call, attempt: Attempt, outcome: Outcome) -> Option<u64> {
+    call.attempts.push(attempt);
+    call.lease_until = None;
+    match outcome {
+        Outcome::Succeeded(result) => {
+            call.state = CallState::Succeeded;
+            call.result = Some(result);
+            call.error = None;
+        }
+        Outcome::Failed(result, why) => {
+            call.state = CallState::Failed;
+            call.result = Some(result);
+            call.error = Some(why);
+        }
+        Outcome::Dead(why) => {
+            call.state = CallState::Dead;
+            call.error = Some(why);
+        }
+        Outcome::Retry { at, error } => {
+            call.state = CallState::Retrying;
+            call.next_attempt_at = Some(at);
+            call.error = Some(error);
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// A call whose attempt a stopped gateway left running: noted, and due again now.
+pub fn record_interrupted(call: &mut Call, now: u64) {
+    call.attempts.push(Attempt {
+        number: call.attempts.len() as u32 + 1,
+        started_at: now,
+        duration_ms: 0,
+        status: None,
+        error: Some("the gateway stopped during this attempt".into()),
+    });
+    call.state = CallState::Retrying;
+    call.lease_until = None;
+    call.next_attempt_at = Some(now);
+    call.error = Some("the gateway stopped while an attempt ran; it is delivered again".into());
+}
+
+/// One try of a call's callback.
+pub fn record_callback(call: &mut Call, status: Option<u16>, error: Option<String>) {
+    if let Some(cb) = &mut call.callback {
+        cb.attempts += 1;
+        cb.status = status;
+        cb.delivered = status.is_some_and(|s| (200..300).contains(&s));
+        cb.error = error;
+    }
+}
+
+/// Whether `call` is finished and its callback still to be delivered.
+pub fn callback_pending(call: &Call) -> bool {
+    call.state.finished()
+        && call
+            .callback
+            .as_ref()
+            .is_some_and(|c| !c.delivered && c.attempts < CALLBACK_TRIES)
+}
+
+/// Only a dead or failed call can be redriven.
+pub fn check_redrive(call: &Call) -> Result<(), StoreError> {
+    if matches!(call.state, CallState::Dead | CallState::Failed) {
+        Ok(())
+    } else {
+        Err(StoreError::NotDead {
+            id: call.id.clone(),
+            state: call.state,
+        })
+    }
+}
+
+/// A redriven call: queued now with a fresh retry budget (and callback).
+pub fn record_redrive(call: &mut Call, now: u64) {
+    call.state = CallState::Queued;
+    call.redriven = call.attempts.len() as u32;
+    if let Some(cb) = &mut call.callback {
+        cb.attempts = 0;
+        cb.delivered = false;
+    }
+    call.next_attempt_at = Some(now);
+    call.accepted_at = now;
+    call.error = None;
+}
+
+/// Whether a finished (succeeded or failed) call ended before `before` and can go; dead
+/// calls stay until purged.
+pub fn expired(call: &Call, before: u64) -> bool {
+    matches!(call.state, CallState::Succeeded | CallState::Failed)
+        && call
+            .attempts
+            .last()
+            .is_some_and(|a| a.started_at + a.duration_ms < before)
+}
+
+/// What an `Idempotency-Key` entry stores: the first call's id and when it expires.
+pub fn idempotency_value(id: &str, now: u64) -> String {
+    format!("{id}\0{}", now + IDEMPOTENCY_WINDOW_MS)
+}
+
+/// The first call's id, if the entry `value` has not expired at `now`.
+pub fn idempotency_answer(value: &str, now: u64) -> Option<&str> {
+    let (first, expires) = value.split_once('\0')?;
+    expires
+        .parse::<u64>()
+        .is_ok_and(|e| e > now)
+        .then_some(first)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Call, StoreError> {
     serde_json::from_slice(bytes).map_err(StoreError::Corrupt)
 }
 
-fn encode(call: &Call) -> Vec<u8> {
+pub fn encode(call: &Call) -> Vec<u8> {
     serde_json::to_vec(call).expect("a call serializes")
 }
 
@@ -204,38 +370,13 @@ impl CallStore {
                 if let Some(key) = &new.idempotency_key {
                     let k = format!("{}\0{key}", new.function);
                     let seen = idem.get(k.as_str())?.map(|v| v.value().to_string());
-                    if let Some((first, expires)) = seen.as_deref().and_then(|v| v.split_once('\0'))
-                    {
-                        if expires.parse::<u64>().is_ok_and(|e| e > now) {
-                            return Ok((first.to_string(), true));
-                        }
+                    if let Some(first) = seen.as_deref().and_then(|v| idempotency_answer(v, now)) {
+                        return Ok((first.to_string(), true));
                     }
-                    let value = format!("{id}\0{}", now + IDEMPOTENCY_WINDOW_MS);
+                    let value = idempotency_value(&id, now);
                     idem.insert(k.as_str(), value.as_str())?;
                 }
-                let call = Call {
-                    id: id.clone(),
-                    function: new.function.clone(),
-                    state: CallState::Queued,
-                    method: new.method,
-                    path: new.path,
-                    headers: new.headers,
-                    body_bytes: new.body.len() as u64,
-                    accepted_at: now,
-                    next_attempt_at: Some(now),
-                    lease_until: None,
-                    attempts: Vec::new(),
-                    result: None,
-                    error: None,
-                    redriven: 0,
-                    callback: new.callback_url.map(|url| crate::gateway::api::Callback {
-                        url,
-                        attempts: 0,
-                        status: None,
-                        error: None,
-                        delivered: false,
-                    }),
-                };
+                let call = new_record(&new, id.clone(), now);
                 txn.open_table(CALLS)?
                     .insert(id.as_str(), encode(&call).as_slice())?;
                 txn.open_table(BODIES)?
@@ -327,30 +468,7 @@ impl CallStore {
     /// Records an attempt and what follows from it.
     pub fn finish(&self, id: &str, attempt: Attempt, outcome: Outcome) -> Result<Call, StoreError> {
         self.update_with(id, move |call, due| {
-            call.attempts.push(attempt);
-            call.lease_until = None;
-            match outcome {
-                Outcome::Succeeded(result) => {
-                    call.state = CallState::Succeeded;
-                    call.result = Some(result);
-                    call.error = None;
-                }
-                Outcome::Failed(result, why) => {
-                    call.state = CallState::Failed;
-                    call.result = Some(result);
-                    call.error = Some(why);
-                }
-                Outcome::Dead(why) => {
-                    call.state = CallState::Dead;
-                    call.error = Some(why);
-                }
-                Outcome::Retry { at, error } => {
-                    call.state = CallState::Retrying;
-                    call.next_attempt_at = Some(at);
-                    call.error = Some(error);
-                    *due = Some(at);
-                }
-            }
+            *due = record_outcome(call, attempt, outcome)
         })
     }
 
@@ -369,19 +487,7 @@ impl CallStore {
                     .filter(|c| c.state == CallState::Running)
                     .collect();
                 for mut call in running {
-                    call.attempts.push(Attempt {
-                        number: call.attempts.len() as u32 + 1,
-                        started_at: now,
-                        duration_ms: 0,
-                        status: None,
-                        error: Some("the gateway stopped during this attempt".into()),
-                    });
-                    call.state = CallState::Retrying;
-                    call.lease_until = None;
-                    call.next_attempt_at = Some(now);
-                    call.error = Some(
-                        "the gateway stopped while an attempt ran; it is delivered again".into(),
-                    );
+                    record_interrupted(&mut call, now);
                     calls.insert(call.id.as_str(), encode(&call).as_slice())?;
                     due.insert(due_key(&call.function, now, &call.id).as_str(), ())?;
                     n += 1;
@@ -398,14 +504,7 @@ impl CallStore {
         status: Option<u16>,
         error: Option<String>,
     ) -> Result<Call, StoreError> {
-        self.update(id, move |call| {
-            if let Some(cb) = &mut call.callback {
-                cb.attempts += 1;
-                cb.status = status;
-                cb.delivered = status.is_some_and(|s| (200..300).contains(&s));
-                cb.error = error;
-            }
-        })
+        self.update(id, move |call| record_callback(call, status, error))
     }
 
     /// Finished calls whose callback is still to be delivered (a stopped gateway's).
@@ -416,12 +515,7 @@ impl CallStore {
         for row in calls.iter()? {
             let (_, v) = row?;
             let call = decode(v.value())?;
-            if call.state.finished()
-                && call
-                    .callback
-                    .as_ref()
-                    .is_some_and(|c| !c.delivered && c.attempts < CALLBACK_TRIES)
-            {
+            if callback_pending(&call) {
                 out.push(call);
             }
         }
@@ -465,24 +559,10 @@ impl CallStore {
 
     /// A dead (or failed) call goes back in its queue with a fresh retry budget.
     pub fn redrive(&self, id: &str) -> Result<Call, StoreError> {
-        let current = self.get(id)?;
-        if !matches!(current.state, CallState::Dead | CallState::Failed) {
-            return Err(StoreError::NotDead {
-                id: id.to_string(),
-                state: current.state,
-            });
-        }
+        check_redrive(&self.get(id)?)?;
         let now = now_ms();
         self.update_with(id, move |call, due| {
-            call.state = CallState::Queued;
-            call.redriven = call.attempts.len() as u32;
-            if let Some(cb) = &mut call.callback {
-                cb.attempts = 0;
-                cb.delivered = false;
-            }
-            call.next_attempt_at = Some(now);
-            call.accepted_at = now;
-            call.error = None;
+            record_redrive(call, now);
             *due = Some(now);
         })
     }
@@ -522,12 +602,7 @@ impl CallStore {
                 let old: Vec<String> = calls
                     .iter()?
                     .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
-                    .filter(|c| {
-                        matches!(c.state, CallState::Succeeded | CallState::Failed)
-                            && c.attempts
-                                .last()
-                                .is_some_and(|a| a.started_at + a.duration_ms < before)
-                    })
+                    .filter(|c| expired(c, before))
                     .map(|c| c.id)
                     .collect();
                 for id in old {
@@ -535,11 +610,8 @@ impl CallStore {
                     bodies.remove(id.as_str())?;
                     n += 1;
                 }
-                txn.open_table(IDEMPOTENCY)?.retain(|_, v| {
-                    v.split_once('\0')
-                        .and_then(|(_, e)| e.parse::<u64>().ok())
-                        .is_some_and(|e| e > now)
-                })?;
+                txn.open_table(IDEMPOTENCY)?
+                    .retain(|_, v| idempotency_answer(v, now).is_some())?;
             }
             Ok(n)
         })
