@@ -219,6 +219,9 @@ pub enum Command {
         /// A host an async call's X-Callback-Url may name (gateway.callbackHosts); repeat it.
         #[arg(long = "callback-host")]
         callback_hosts: Vec<String>,
+        /// How long a delivery holds an async call without renewing it (gateway.asyncLease).
+        #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+        async_lease: std::time::Duration,
     },
     /// Load-test functions (serverless against their always-on baseline) or any URL, and
     /// write latency histograms, summary.csv and an HTML report under bench/results/.

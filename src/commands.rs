@@ -149,6 +149,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             context,
             nats_url,
             callback_hosts,
+            async_lease,
         } => kubernetes::gateway(
             &mut out,
             crate::gateway::kubernetes::KubeGatewayConfig {
@@ -163,6 +164,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     .ok()
                     .filter(|t| !t.is_empty()),
                 nats_url: nats_url.filter(|u| !u.is_empty()),
+                async_lease,
                 callback_hosts: callback_hosts
                     .into_iter()
                     .map(|h| h.to_ascii_lowercase())

@@ -96,7 +96,22 @@ on_both_stores!(
     retry_gaps_follow_the_policy_within_twenty_percent,
     two_hundred_calls_survive_a_gateway_killed_mid_drain,
     a_callback_gets_the_signed_result_and_is_retried_on_500,
+    a_call_three_times_longer_than_its_lease_runs_once,
 );
+
+fn a_call_three_times_longer_than_its_lease_runs_once(s: &mut Backing) {
+    need("python3");
+    let gw = TestGateway::serve(s.repo_with(POLICY, "asyncLease: 1s"));
+    let (_, accepted) = post(&gw.url(""), "/slow?s=3.5", "long", None);
+    let done = call(&gw.url(""), accepted["callId"].as_str().unwrap(), "30s");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["attempts"].as_array().unwrap().len(),
+        1,
+        "the lease was kept, not run out: {done}"
+    );
+    assert_eq!(result_body(&done)["attempt"], "1");
+}
 
 /// POSTs an async call; its status and JSON answer.
 fn post(base: &str, rest: &str, body: &str, key: Option<&str>) -> (u16, Value) {

@@ -44,6 +44,8 @@ pub struct KubeGatewayConfig {
     pub nats_url: Option<String>,
     /// Hosts an async call's callback may go to.
     pub callback_hosts: Vec<String>,
+    /// How long a delivery holds a call without renewing it.
+    pub async_lease: std::time::Duration,
     /// Signs callbacks; every gateway replica needs the same one.
     pub callback_secret: Option<String>,
 }
@@ -119,7 +121,7 @@ impl KubeBackend {
             trouble: Mutex::default(),
             calls: config.nats_url.as_ref().map(|url| {
                 let calls = AsyncCalls::new(
-                    Store::JetStream(JetCalls::start(url)),
+                    Store::JetStream(JetCalls::start(url, config.async_lease)),
                     config.callback_secret(),
                 );
                 calls.set_callback_hosts(config.callback_hosts.clone());

@@ -555,7 +555,10 @@ fn open_call_store(repo: &Repo, state_dir: &Path) -> anyhow::Result<Store> {
         &repo.project.nats,
     ) {
         (crate::spec::project::AsyncStore::JetStream, Some(nats)) => Ok(Store::JetStream(
-            crate::triggers::jetstream_calls::JetCalls::start(&nats.url),
+            crate::triggers::jetstream_calls::JetCalls::start(
+                &nats.url,
+                repo.project.gateway.async_lease.value,
+            ),
         )),
         _ => Ok(Store::Redb(std::sync::Arc::new(CallStore::open(
             &state_dir.join(CALLS_FILE),

@@ -39,6 +39,7 @@ pub struct GatewayContext {
     /// NATS (JetStream) for async calls and queue triggers, if cubeflash.yaml names one.
     pub nats_url: Option<String>,
     pub callback_hosts: Vec<String>,
+    pub async_lease: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +72,7 @@ impl ProjectContext {
                 idle_timeout: project.gateway.idle_timeout.text.clone(),
                 nats_url: project.nats.as_ref().map(|n| n.url.clone()),
                 callback_hosts: project.gateway.callback_hosts.clone(),
+                async_lease: project.gateway.async_lease.text.clone(),
             },
             uid: RUN_AS_UID,
         }

@@ -53,6 +53,9 @@ pub enum AsyncStore {
 pub struct GatewaySettings {
     /// Where async calls are kept: unset means redb locally, JetStream on Kubernetes.
     pub async_store: Option<AsyncStore>,
+    /// How long a gateway holds a JetStream async call without renewing it before another
+    /// takes it over.
+    pub async_lease: Dur,
     pub port: u32,
     /// Largest request body, in bytes.
     pub max_body_size: u64,
@@ -119,6 +122,7 @@ impl Default for ProjectSpec {
                 idle_timeout: Dur::parse(defaults::IDLE_TIMEOUT).expect("default parses"),
                 callback_hosts: Vec::new(),
                 async_store: None,
+                async_lease: Dur::parse("10s").expect("default parses"),
             },
             nats: None,
         }
@@ -198,6 +202,7 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                     "idleTimeout",
                     "callbackHosts",
                     "asyncStore",
+                    "asyncLease",
                 ],
             ) {
                 if let Some(n) = g.get("asyncStore") {
@@ -253,6 +258,7 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                     p.gateway.max_connections = c;
                 }
                 for (key, out) in [
+                    ("asyncLease", &mut p.gateway.async_lease),
                     ("headerTimeout", &mut p.gateway.header_timeout),
                     ("bodyTimeout", &mut p.gateway.body_timeout),
                     ("idleTimeout", &mut p.gateway.idle_timeout),
@@ -261,6 +267,14 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                     let path = format!("gateway.{key}");
                     if let Some(value) = r.duration(n, &path, false, "30s") {
                         let text = r.scalar_text(n, &path, "").unwrap_or_default();
+                        if key == "asyncLease" && value < std::time::Duration::from_secs(1) {
+                            r.error(
+                                n,
+                                &path,
+                                format!("asyncLease {text} is too short: a running call renews its lease every third of it"),
+                                "use 1s or more, e.g. `asyncLease: 10s`",
+                            );
+                        }
                         *out = Dur { text, value };
                     }
                 }

@@ -9,7 +9,7 @@
 //!   consumer per function (`cubeflash.async.FUNCTION`, `async-FUNCTION`), so one slow
 //!   function never holds up another;
 //! - a lease is a delivery not yet acked: it is kept with `in progress` while the call runs
-//!   and runs out after [`LEASE`] when the gateway holding it stopped (JetStream then
+//!   and runs out after the lease (`gateway.asyncLease`, 10 s) when the gateway holding it stopped (JetStream then
 //!   delivers it again); a retry is a `nak` with the backoff as its delay; a finished call's
 //!   message is acked. Record updates compare revisions, so gateways never overwrite each
 //!   other.
@@ -36,8 +36,6 @@ use crate::gateway::api::{Attempt, Call, CallState};
 pub const BUCKET: &str = "CUBEFLASH_CALLS";
 /// The work-queue stream of due calls.
 pub const STREAM: &str = "CUBEFLASH_ASYNC";
-/// How long a delivery holds a call without an `in progress`.
-pub const LEASE: Duration = Duration::from_secs(10);
 /// A queue message whose record is not (yet) there is looked at again after this, so many
 /// times, and then dropped: its accept failed (and answered 503) or the call was purged.
 const UNRECORDED_RETRY: Duration = Duration::from_millis(250);
@@ -77,6 +75,8 @@ struct Ready {
 }
 
 pub struct JetCalls {
+    /// The consumers' ack wait: a gateway that stops holding a call loses it after this.
+    pub lease: Duration,
     ready: tokio::sync::OnceCell<Ready>,
     /// Why it is not set up yet.
     waiting: Mutex<String>,
@@ -90,8 +90,9 @@ pub struct JetCalls {
 impl JetCalls {
     /// A store on the NATS server at `url`; it connects (and sets up its bucket and stream)
     /// in the background, reconnecting forever, and answers `Unavailable` meanwhile.
-    pub fn start(url: &str) -> Arc<Self> {
+    pub fn start(url: &str, lease: Duration) -> Arc<Self> {
         let store = Arc::new(Self {
+            lease,
             ready: tokio::sync::OnceCell::new(),
             waiting: Mutex::new(format!("connecting to {}", redact(url))),
             consumers: tokio::sync::Mutex::default(),
@@ -235,7 +236,7 @@ impl JetCalls {
                     durable_name: Some(durable.clone()),
                     filter_subject: subject(function),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: LEASE,
+                    ack_wait: self.lease,
                     // The retry budget is the function's, kept in the record.
                     max_deliver: -1,
                     max_ack_pending: 100_000,

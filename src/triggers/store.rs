@@ -41,7 +41,7 @@ impl Store {
     pub fn lease(&self) -> Duration {
         match self {
             Self::Redb(_) => Duration::from_secs(30),
-            Self::JetStream(_) => super::jetstream_calls::LEASE,
+            Self::JetStream(s) => s.lease,
         }
     }
 
