@@ -271,7 +271,13 @@ fn function_jobs(tera: &Tera, f: &FunctionContext) -> Vec<Job> {
             },
         });
     }
-    for schedule in f.schedules() {
+    // A schedule with seconds runs on the local platform only (the Kubernetes target
+    // refuses it): it has no CronJob.
+    for schedule in f
+        .schedules()
+        .into_iter()
+        .filter(|s| !crate::spec::values::cron_has_seconds(&s.cron))
+    {
         let (labels, selector) = labels_for(&f.name, "schedule", Some(&f.name));
         jobs.push(Job {
             template: "triggers/schedule.yaml".into(),

@@ -47,6 +47,7 @@ pub fn deploy(
     options: ApplyOptions,
 ) -> Result<Outcome> {
     let repo = super::load_checked(root, false)?;
+    crate::spec::repo::check_cluster(&repo)?;
     let rendered = render::render(&repo)?;
     let diffs = output::diff(root, &rendered)?;
     if !diffs.is_empty() {

@@ -463,7 +463,10 @@ impl Backend for LocalBackend {
         gateway: Arc<Gateway>,
         _stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut loops = vec![tokio::spawn(schedule_loop(gateway.clone()))];
+        let mut loops = vec![tokio::spawn(schedule_loop(
+            gateway.clone(),
+            self.state_dir.clone(),
+        ))];
         if let Some(calls) = &self.calls {
             loops.push(tokio::spawn(super::async_calls::deliver_loop(
                 gateway.clone(),
@@ -487,13 +490,13 @@ impl Backend for LocalBackend {
 /// Fires schedule triggers: once a second, calls every due function through the engine
 /// (marked `X-Cubeflash-Trigger: schedule`, which no client can send), and notes the call in
 /// the function's log.
-async fn schedule_loop(gateway: Arc<Gateway>) {
+async fn schedule_loop(gateway: Arc<Gateway>, state_dir: PathBuf) {
     use crate::triggers::schedule::{ScheduleKey, Schedules};
     let mut schedules = Schedules::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let store = state_dir.join(SCHEDULES_FILE);
+    let mut last = read_last_firings(&store);
     let me: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     loop {
-        tick.tick().await;
         let routes = gateway.routes();
         let current: Vec<(ScheduleKey, String)> = routes
             .functions()
@@ -510,20 +513,30 @@ async fn schedule_loop(gateway: Arc<Gateway>) {
                                 index,
                                 cron: t.cron.clone(),
                                 timezone: t.timezone.clone(),
+                                catch_up: t.catch_up,
                             },
                             t.body.clone(),
                         )
                     })
             })
             .collect();
-        for (key, body) in schedules.due(&current, chrono::Utc::now()) {
-            let Some(f) = routes.by_name.get(&key.function).cloned() else {
+        let now = chrono::Utc::now();
+        let fired = schedules.due(&current, now, &last);
+        for firing in &fired {
+            last.insert(firing.key.id(), now);
+        }
+        if !fired.is_empty() {
+            write_last_firings(&store, &last);
+        }
+        for firing in fired {
+            let Some(f) = routes.by_name.get(&firing.key.function).cloned() else {
                 continue;
             };
             let gateway = gateway.clone();
             tokio::spawn(async move {
+                let key = &firing.key;
                 let req = hyper::Request::post("/")
-                    .body(Full::new(Bytes::from(body)))
+                    .body(Full::new(Bytes::from(firing.body.clone())))
                     .expect("a valid request");
                 let resp = gateway
                     .dispatch_as(
@@ -536,15 +549,65 @@ async fn schedule_loop(gateway: Arc<Gateway>) {
                     .await;
                 let outcome = resp.status().to_string();
                 let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                tracing::info!(function = %key.function, schedule = key.index + 1, cron = %key.cron, status = %outcome, "schedule fired");
+                let caught_up = if firing.caught_up {
+                    format!(
+                        " (catching up {} run{} missed while the gateway was down)",
+                        firing.runs,
+                        if firing.runs == 1 { "" } else { "s" }
+                    )
+                } else {
+                    String::new()
+                };
+                tracing::info!(function = %key.function, schedule = key.index + 1, cron = %key.cron, status = %outcome, missed = firing.runs.saturating_sub(1), "schedule fired");
                 f.serverless.note(format!(
-                    "[{}] cubeflash: schedule {} ({}) fired: {outcome}",
+                    "[{}] cubeflash: schedule {} ({}) fired{caught_up}: {outcome}",
                     key.function,
                     key.index + 1,
                     key.cron
                 ));
             });
         }
+        // To the next firing (to the millisecond), looking at reloads at least each second.
+        let wait = schedules
+            .next_due()
+            .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Where the last firing of each schedule is kept, for `catchUp`.
+const SCHEDULES_FILE: &str = "schedules.json";
+
+fn read_last_firings(path: &Path) -> HashMap<String, chrono::DateTime<chrono::Utc>> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return HashMap::new();
+    };
+    match serde_json::from_slice::<HashMap<String, i64>>(&bytes) {
+        Ok(ms) => ms
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, chrono::DateTime::from_timestamp_millis(v)?)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the schedules' last firings; schedules with catchUp make up for nothing this time");
+            HashMap::new()
+        }
+    }
+}
+
+fn write_last_firings(path: &Path, last: &HashMap<String, chrono::DateTime<chrono::Utc>>) {
+    let tmp = path.with_extension("json.tmp");
+    let ms: HashMap<&String, i64> = last
+        .iter()
+        .map(|(k, v)| (k, v.timestamp_millis()))
+        .collect();
+    let written = serde_json::to_vec_pretty(&ms)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot keep the schedules' last firings");
     }
 }
 

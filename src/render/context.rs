@@ -152,6 +152,9 @@ pub struct ScheduleContext {
     pub body: String,
     pub deadline_seconds: u64,
     pub timezone: Option<String>,
+    /// How late the CronJob controller may still start a missed run: a minute, or an hour
+    /// with `catchUp: true`.
+    pub starting_deadline_seconds: u64,
 }
 
 /// The parts of a template's context that change from one object to the next; the
@@ -403,6 +406,7 @@ impl FunctionContext {
                 cron: s.cron.clone(),
                 body: s.body.clone(),
                 timezone: s.timezone.clone(),
+                starting_deadline_seconds: if s.catch_up { 3600 } else { 60 },
                 deadline_seconds: self.timeout_seconds
                     + self.scale.cold_start_timeout.seconds_ceil()
                     + 30,

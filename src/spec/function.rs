@@ -86,6 +86,9 @@ pub struct ScheduleTrigger {
     /// An IANA time zone the expression is read in (UTC when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// After a time the scheduler was down, fire once for the runs it missed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catch_up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +222,8 @@ pub struct FunctionLocs {
     pub http_paths: Vec<(usize, Loc)>,
     /// One per queue trigger: its index and where it is written.
     pub queues: Vec<(usize, Loc)>,
+    /// One per schedule trigger: its index and where it is written.
+    pub schedules: Vec<(usize, Loc)>,
 }
 
 /// A function as its function.yaml describes it, defaults applied.

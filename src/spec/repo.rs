@@ -10,6 +10,7 @@ use super::decode::parse_document;
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::function::{self, FunctionSpec, Runtime};
 use super::project::{self, ProjectSpec};
+use super::values;
 use super::SpecError;
 
 pub const FUNCTIONS_DIR: &str = "functions";
@@ -261,6 +262,9 @@ fn check(
     check_routes(&functions, &mut diags);
     if let Some(p) = &project {
         check_queues(p, &functions, &mut diags);
+        if p.target == crate::spec::Target::Kubernetes {
+            check_for_cluster(&functions, &mut diags);
+        }
     }
     functions.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let repo = project.map(|project| Repo {
@@ -329,6 +333,38 @@ fn check_function(raw: &RawFunction, spec: &FunctionSpec, diags: &mut Diagnostic
                 );
             }
         }
+    }
+}
+
+/// What a cluster cannot run: a schedule with seconds (a CronJob fires once a minute at
+/// most).
+fn check_for_cluster(functions: &[Function], diags: &mut Diagnostics) {
+    for f in functions {
+        for (s, (index, loc)) in f.spec.schedule_triggers().zip(&f.spec.locs.schedules) {
+            if values::cron_has_seconds(&s.cron) {
+                diags.push(
+                    Diagnostic::new(
+                        &f.source,
+                        *loc,
+                        &format!("triggers[{index}].schedule.cron"),
+                        format!("{:?} has a seconds field, and a Kubernetes CronJob fires at most once a minute", s.cron),
+                    )
+                    .with_hint("write five fields (minute first) for the Kubernetes target; seconds work on the local platform only"),
+                );
+            }
+        }
+    }
+}
+
+/// The Kubernetes target's own checks, for a deploy there when cubeflash.yaml names
+/// another target.
+pub fn check_cluster(repo: &Repo) -> Result<(), SpecError> {
+    let mut diags = Diagnostics::default();
+    check_for_cluster(&repo.functions, &mut diags);
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid(diags))
     }
 }
 

@@ -208,7 +208,7 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
         "@midnight",
         "@hourly",
     ];
-    let hint = "write five fields (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\", or @hourly, @daily, @weekly, @monthly";
+    let hint = "write five fields (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\", six with seconds first (local platform only), e.g. \"*/10 * * * * *\", or @hourly, @daily, @weekly, @monthly";
     if trimmed.starts_with('@') {
         return if macros.contains(&trimmed) {
             Ok(())
@@ -217,9 +217,9 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
         };
     }
     let fields = trimmed.split_whitespace().count();
-    if fields != 5 {
+    if fields != 5 && fields != 6 {
         return Err(format!(
-            "{expr:?} has {fields} fields, a Kubernetes CronJob needs 5: {hint}"
+            "{expr:?} has {fields} fields, a schedule has 5 (6 with seconds): {hint}"
         ));
     }
     if trimmed.contains(['L', 'W', '#', '?']) {
@@ -228,13 +228,18 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
         ));
     }
     let parser = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
+        .seconds(croner::parser::Seconds::Optional)
         .year(croner::parser::Year::Disallowed)
         .build();
     parser
         .parse(trimmed)
         .map(|_| ())
         .map_err(|e| format!("{expr:?} is not a valid cron schedule ({e}): {hint}"))
+}
+
+/// Whether a (valid) cron expression has a seconds field: six fields, seconds first.
+pub fn cron_has_seconds(expr: &str) -> bool {
+    expr.split_whitespace().count() == 6
 }
 
 /// Paths the gateway keeps for itself.

@@ -1,7 +1,10 @@
-//! Schedule triggers on the local platform: fires each function's cron schedule (in UTC,
-//! as a Kubernetes CronJob controller does) by calling the function through the gateway,
-//! so the call is queued, scaled and counted like any other. On Kubernetes the rendered
-//! CronJobs do this instead.
+//! Schedule triggers on the local platform: fires each function's cron schedule (in UTC or
+//! its `timezone`, as a Kubernetes CronJob controller does; an optional sixth field, first,
+//! for seconds) by calling the function through the gateway, so the call is queued, scaled
+//! and counted like any other. Runs missed while the gateway was down are not made up for,
+//! unless the schedule says `catchUp: true`: then it fires once at start for all it missed
+//! (the last firing of each schedule is kept in `.cubeflash/schedules.json`). On Kubernetes
+//! the rendered CronJobs do this instead.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -17,7 +20,35 @@ pub struct ScheduleKey {
     pub cron: String,
     /// IANA name; UTC when None.
     pub timezone: Option<String>,
+    pub catch_up: bool,
 }
+
+impl ScheduleKey {
+    /// How the schedule's last firing is found again after a restart.
+    pub fn id(&self) -> String {
+        format!(
+            "{}#{} {} {}",
+            self.function,
+            self.index + 1,
+            self.cron,
+            self.timezone.as_deref().unwrap_or("UTC")
+        )
+    }
+}
+
+/// A schedule due now, and how many of its runs were missed (more than one only when it
+/// catches up after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    pub key: ScheduleKey,
+    pub body: String,
+    pub runs: u64,
+    /// Fired at start for runs missed while the gateway was down.
+    pub caught_up: bool,
+}
+
+/// Missed runs counted, at most.
+const MISSED_CAP: u64 = 100_000;
 
 /// When each schedule fires next. Pure: the caller supplies the time.
 #[derive(Debug, Default)]
@@ -49,23 +80,50 @@ pub fn next_after_in(cron: &str, tz: Option<&str>, after: DateTime<Utc>) -> Opti
 impl Schedules {
     /// Brings the set in line with `current` (schedules of functions now loaded) and returns
     /// those due at `now`, each advanced to its next time. A schedule seen for the first time
-    /// is not due at once: it waits for its next match, as a new CronJob does.
+    /// is not due at once: it waits for its next match, as a new CronJob does — unless it
+    /// catches up and `last` (its last firing before a restart) shows runs missed since.
     pub fn due(
         &mut self,
         current: &[(ScheduleKey, String)],
         now: DateTime<Utc>,
-    ) -> Vec<(ScheduleKey, String)> {
+        last: &HashMap<String, DateTime<Utc>>,
+    ) -> Vec<Firing> {
         self.next.retain(|k, _| current.iter().any(|(c, _)| c == k));
         let mut fire = Vec::new();
         for (key, body) in current {
+            let tz = key.timezone.as_deref();
             match self.next.get(key) {
                 None => {
-                    if let Some(t) = next_after_in(&key.cron, key.timezone.as_deref(), now) {
+                    if let Some(before) = last.get(&key.id()).filter(|_| key.catch_up) {
+                        let mut runs = 0;
+                        let mut t = *before;
+                        while let Some(n) = next_after_in(&key.cron, tz, t).filter(|n| *n <= now) {
+                            runs += 1;
+                            t = n;
+                            if runs >= MISSED_CAP {
+                                break;
+                            }
+                        }
+                        if runs > 0 {
+                            fire.push(Firing {
+                                key: key.clone(),
+                                body: body.clone(),
+                                runs,
+                                caught_up: true,
+                            });
+                        }
+                    }
+                    if let Some(t) = next_after_in(&key.cron, tz, now) {
                         self.next.insert(key.clone(), t);
                     }
                 }
                 Some(t) if *t <= now => {
-                    fire.push((key.clone(), body.clone()));
+                    fire.push(Firing {
+                        key: key.clone(),
+                        body: body.clone(),
+                        runs: 1,
+                        caught_up: false,
+                    });
                     // Missed runs are not made up for (concurrencyPolicy Forbid, like the CronJob).
                     if let Some(t) = next_after_in(&key.cron, key.timezone.as_deref(), now) {
                         self.next.insert(key.clone(), t);
@@ -75,6 +133,11 @@ impl Schedules {
             }
         }
         fire
+    }
+
+    /// When the next schedule falls due.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.next.values().min().copied()
     }
 }
 
@@ -93,6 +156,7 @@ mod tests {
             index: 0,
             cron: cron.into(),
             timezone: None,
+            catch_up: false,
         }
     }
 
@@ -128,16 +192,57 @@ mod tests {
     fn a_schedule_fires_once_per_match_and_not_at_first_sight() {
         let mut s = Schedules::default();
         let current = vec![(key("*/5 * * * *"), "{}".to_string())];
+        let none = HashMap::new();
         assert!(
-            s.due(&current, at(10, 3, 0)).is_empty(),
+            s.due(&current, at(10, 3, 0), &none).is_empty(),
             "new schedules wait for their next match"
         );
-        assert!(s.due(&current, at(10, 4, 59)).is_empty());
-        assert_eq!(s.due(&current, at(10, 5, 0)).len(), 1);
-        assert!(s.due(&current, at(10, 5, 1)).is_empty(), "once per match");
-        assert_eq!(s.due(&current, at(10, 10, 0)).len(), 1);
+        assert_eq!(s.next_due(), Some(at(10, 5, 0)));
+        assert!(s.due(&current, at(10, 4, 59), &none).is_empty());
+        assert_eq!(s.due(&current, at(10, 5, 0), &none).len(), 1);
+        assert!(
+            s.due(&current, at(10, 5, 1), &none).is_empty(),
+            "once per match"
+        );
+        assert_eq!(s.due(&current, at(10, 10, 0), &none).len(), 1);
         // A removed function's schedule is forgotten.
-        assert!(s.due(&[], at(10, 15, 0)).is_empty());
+        assert!(s.due(&[], at(10, 15, 0), &none).is_empty());
         assert!(s.next.is_empty());
+    }
+
+    #[test]
+    fn seconds_come_first_in_a_six_field_expression() {
+        assert_eq!(
+            next_after("*/10 * * * * *", at(10, 3, 4)),
+            Some(at(10, 3, 10))
+        );
+        assert_eq!(next_after("30 0 9 * * *", at(8, 0, 0)), Some(at(9, 0, 30)));
+    }
+
+    #[test]
+    fn missed_runs_are_made_up_for_once_and_only_with_catch_up() {
+        let mut plain = key("*/5 * * * *");
+        let last: HashMap<String, DateTime<Utc>> = [(plain.id(), at(9, 50, 0))].into();
+        let mut s = Schedules::default();
+        assert!(
+            s.due(&[(plain.clone(), "{}".into())], at(10, 3, 0), &last)
+                .is_empty(),
+            "without catchUp, missed runs are not replayed"
+        );
+        plain.catch_up = true;
+        let mut s = Schedules::default();
+        let fired = s.due(&[(plain.clone(), "{}".into())], at(10, 3, 0), &last);
+        assert_eq!(fired.len(), 1, "one firing for all it missed");
+        assert_eq!(fired[0].runs, 2, "09:55 and 10:00 were missed");
+        assert!(s
+            .due(&[(plain, "{}".into())], at(10, 3, 1), &last)
+            .is_empty());
+        // Nothing missed: nothing to make up for.
+        let mut fresh = key("*/5 * * * *");
+        fresh.catch_up = true;
+        let last: HashMap<String, DateTime<Utc>> = [(fresh.id(), at(10, 0, 0))].into();
+        assert!(Schedules::default()
+            .due(&[(fresh, "{}".into())], at(10, 3, 0), &last)
+            .is_empty());
     }
 }

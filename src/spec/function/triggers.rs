@@ -31,6 +31,7 @@ pub(super) fn read_triggers(
         let trigger = if let Some(n) = t.get("http") {
             read_http(r, n, &t.path_of("http"), i, locs)
         } else if let Some(n) = t.get("schedule") {
+            locs.schedules.push((i, node_loc(n)));
             read_schedule(r, n, &t.path_of("schedule"))
         } else if let Some(n) = t.get("queue") {
             locs.queues.push((i, node_loc(n)));
@@ -95,7 +96,7 @@ fn read_http(
 }
 
 fn read_schedule(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
-    let f = r.mapping(node, path, &["cron", "body", "timezone"])?;
+    let f = r.mapping(node, path, &["cron", "body", "timezone", "catchUp"])?;
     let c = r.required(&f, "cron", "cron: \"*/5 * * * *\"")?;
     let cron = r.string(
         c,
@@ -135,10 +136,15 @@ fn read_schedule(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
             }
         }
     });
+    let catch_up = f
+        .get("catchUp")
+        .and_then(|n| r.bool(n, &f.path_of("catchUp")))
+        .unwrap_or(false);
     Some(Trigger::Schedule(ScheduleTrigger {
         cron,
         body,
         timezone,
+        catch_up,
     }))
 }
 
