@@ -188,9 +188,21 @@ fn an_async_call_is_stored_then_delivered_with_its_id_and_shown(s: &mut Backing)
     // Listed, and counted.
     let list = gw.admin("/system/calls?function=job");
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert!(gw
-        .metrics()
-        .contains("cubeflash_async_delivered_total{function=\"job\"} 1"));
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("cubeflash_async_delivered_total{function=\"job\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cubeflash_async_attempt_duration_seconds_count{function=\"job\"} 1"),
+        "{metrics}"
+    );
+    let store = if s.nats.is_some() {
+        "jetstream"
+    } else {
+        "redb"
+    };
+    assert_eq!(gw.function("job")["asyncStore"], store);
 }
 
 fn failures_are_retried_with_backoff_until_the_function_succeeds(s: &mut Backing) {

@@ -146,8 +146,8 @@ fn bad_durations_and_quantities() {
 
 #[test]
 fn invalid_cron() {
-    let stderr = invalid("name: bad\nruntime: python\nhandler: handler.py\ntriggers:\n  - schedule: { cron: \"0 */5 * * * *\" }\n");
-    assert_has(&stderr, &["5:23: triggers[0].schedule.cron: \"0 */5 * * * *\" has 6 fields, a Kubernetes CronJob needs 5"]);
+    let stderr = invalid("name: bad\nruntime: python\nhandler: handler.py\ntriggers:\n  - schedule: { cron: \"0 0 */5 * * * *\" }\n");
+    assert_has(&stderr, &["5:23: triggers[0].schedule.cron: \"0 0 */5 * * * *\" has 7 fields, a schedule has 5 (6 with seconds)"]);
 }
 
 #[test]

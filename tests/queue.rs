@@ -106,7 +106,7 @@ fn messages_wake_a_function_at_zero_and_are_acked_after_a_2xx() {
         0,
         "at zero before any message"
     );
-    let bodies: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    let bodies: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
     publish(&nats.url, "jobs.new", &bodies);
     wait_until("the work queue drained", 60, || {
         stream_len(&nats.url, "CUBEFLASH_JOB") == 0
@@ -115,12 +115,26 @@ fn messages_wake_a_function_at_zero_and_are_acked_after_a_2xx() {
     let mut got: Vec<&str> = seen.iter().map(|d| d["body"].as_str().unwrap()).collect();
     got.sort();
     got.dedup();
-    assert_eq!(got.len(), 200, "every message handled");
+    assert_eq!(got.len(), 1000, "every message handled");
     assert_eq!(seen[0]["subject"], "jobs.new");
     assert!(gw.function("job")["coldStarts"].as_u64().unwrap() >= 1);
     let queues = gw.function("job")["queues"].clone();
     assert_eq!(queues[0]["subject"], "jobs.new", "{queues}");
     assert_eq!(queues[0]["state"], "consuming", "{queues}");
+    let metrics = gw.metrics();
+    let delivered = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "cubeflash_queue_delivered_total{function=\"job\",stream=\"CUBEFLASH_JOB\"} ",
+            )
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(delivered.is_some_and(|n| n >= 1000), "{metrics}");
+    assert!(
+        metrics.contains("cubeflash_queue_connected{function=\"job\",stream=\"CUBEFLASH_JOB\"} 1"),
+        "{metrics}"
+    );
     wait_until("back to zero after idle", 20, || {
         gw.function("job")["replicas"]["desired"] == 0
     });
@@ -167,6 +181,16 @@ fn a_poison_message_is_dead_lettered_once_and_leaves_the_queue() {
         .as_str()
         .contains("500"));
     assert_eq!(done(&gw).len(), 1, "the good message went through");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("cubeflash_queue_dead_total{function=\"job\",stream=\"CUBEFLASH_JOB\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("cubeflash_queue_retried_total{function=\"job\",stream=\"CUBEFLASH_JOB\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -213,7 +237,9 @@ fn a_nats_server_that_was_killed_is_reconnected_to_and_nothing_stored_is_lost() 
     wait_until("the first message handled", 30, || done(&gw).len() == 1);
     // SIGKILL the server; start it again on the same port and store.
     let store = nats.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the trigger says it is disconnected", 20, || {
+        gw.function("job")["queues"][0]["state"] == "disconnected"
+    });
     let again = NatsServer::start_on(port, store);
     let bodies: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
     publish(&again.url, "jobs.k", &bodies);

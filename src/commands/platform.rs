@@ -403,13 +403,14 @@ fn with_admin<T>(
 
 pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Result<Outcome> {
     let functions = with_admin(dir, &args, async |c| Ok(c.functions().await?))?;
-    let rows: Vec<[String; 10]> = functions
+    let rows: Vec<[String; 11]> = functions
         .iter()
         .map(|f| {
             [
                 f.name.clone(),
                 f.runtime.as_str().to_string(),
                 state_word(f).to_string(),
+                triggers_word(f),
                 format!("{}/{}", f.replicas.ready, f.replicas.desired),
                 f.inflight.to_string(),
                 f.queued.to_string(),
@@ -421,11 +422,38 @@ pub fn list(out: &mut impl Write, dir: Option<PathBuf>, args: GatewayArgs) -> Re
         })
         .collect();
     let header = [
-        "NAME", "RUNTIME", "STATE", "READY", "INFLIGHT", "QUEUED", "ASYNC", "COLD", "URL",
-        "BASELINE",
+        "NAME", "RUNTIME", "STATE", "TRIGGERS", "READY", "INFLIGHT", "QUEUED", "ASYNC", "COLD",
+        "URL", "BASELINE",
     ];
     write_table(out, &header, &rows)?;
     Ok(Outcome::Success)
+}
+
+/// A function's triggers for `ls`: `http`, `schedule`, and each queue trigger with its
+/// consumer's state (`queue:consuming`, `queue:disconnected`).
+fn triggers_word(f: &FunctionInfo) -> String {
+    let words: Vec<String> = f
+        .triggers
+        .iter()
+        .map(|t| match t {
+            crate::spec::Trigger::Http(_) => "http".to_string(),
+            crate::spec::Trigger::Schedule(_) => "schedule".to_string(),
+            crate::spec::Trigger::Queue(q) => {
+                let state = f
+                    .queues
+                    .iter()
+                    .find(|s| s.subject == q.subject)
+                    .map_or("starting", |s| s.state.as_str());
+                format!("queue:{state}")
+            }
+        })
+        .collect();
+    if words.is_empty() {
+        // Every function answers at /function/NAME.
+        "http".into()
+    } else {
+        words.join(",")
+    }
 }
 
 /// A function's state in a word for `ls`.

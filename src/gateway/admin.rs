@@ -285,6 +285,11 @@ impl Gateway {
             inflight: f.inflight(),
             queued: f.queued(),
             async_pending: f.async_pending(),
+            async_oldest_pending_ms: f.async_oldest_age_ms(),
+            async_store: self
+                .backend()
+                .and_then(|b| b.calls())
+                .map(|c| c.store.kind().to_string()),
             queues: f.queue_statuses(),
             cold_starts: f.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
             url: format!("{base}/function/{}", e.name),

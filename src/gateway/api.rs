@@ -55,6 +55,12 @@ pub struct FunctionInfo {
     /// Async calls waiting for an attempt.
     #[serde(default)]
     pub async_pending: u32,
+    /// How long the most overdue of them has waited, in ms.
+    #[serde(default)]
+    pub async_oldest_pending_ms: Option<u64>,
+    /// Where async calls are stored: redb or jetstream (none: async calls are off).
+    #[serde(default)]
+    pub async_store: Option<String>,
     /// Each queue trigger's consumer, as it is now.
     #[serde(default)]
     pub queues: Vec<QueueStatus>,

@@ -398,7 +398,7 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
                     continue;
                 }
             };
-            f.set_async_pending(pending as u32);
+            f.set_async_pending(pending);
             for (call, body) in leased {
                 *running
                     .lock()
@@ -525,6 +525,11 @@ async fn deliver(
         };
         format!("answered {status}{said}")
     });
+    gateway
+        .metrics
+        .async_attempt_duration
+        .get_or_create(&super::metrics::label(f.name()))
+        .observe(started.elapsed().as_secs_f64());
     let attempt = Attempt {
         number,
         started_at,

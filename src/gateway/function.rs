@@ -32,6 +32,8 @@ pub struct FunctionState {
     retired: std::sync::atomic::AtomicBool,
     /// Async calls waiting for an attempt: demand for the autoscaler like queued requests.
     async_pending: AtomicU32,
+    /// When the most overdue pending async call fell due (ms since the epoch; 0: none).
+    async_oldest_ms: AtomicU64,
     /// Each queue trigger's consumer state, by subject (its consumer says).
     queues: Mutex<std::collections::BTreeMap<String, super::api::QueueStatus>>,
 }
@@ -100,6 +102,7 @@ impl FunctionState {
             metrics,
             retired: Default::default(),
             async_pending: AtomicU32::new(0),
+            async_oldest_ms: AtomicU64::new(0),
             queues: Mutex::default(),
         })
     }
@@ -156,12 +159,27 @@ impl FunctionState {
     }
 
     /// Async calls waiting for an attempt (the delivery loop says).
-    pub fn set_async_pending(&self, n: u32) {
+    pub fn set_async_pending(&self, backlog: crate::triggers::calls::Backlog) {
+        let n = backlog.pending.min(u32::MAX as usize) as u32;
         self.async_pending.store(n, Ordering::Relaxed);
+        self.async_oldest_ms
+            .store(backlog.oldest_ms.unwrap_or(0), Ordering::Relaxed);
         self.metrics
             .async_pending
             .get_or_create(&label(self.name()))
             .set(i64::from(n));
+        self.metrics
+            .async_oldest_pending
+            .get_or_create(&label(self.name()))
+            .set(self.async_oldest_age_ms().unwrap_or(0) as f64 / 1000.0);
+    }
+
+    /// How long the most overdue pending async call has waited, in ms.
+    pub fn async_oldest_age_ms(&self) -> Option<u64> {
+        match self.async_oldest_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(crate::triggers::calls::now_ms().saturating_sub(at)),
+        }
     }
 
     pub fn async_pending(&self) -> u32 {
@@ -180,6 +198,18 @@ impl FunctionState {
 
     /// Records a queue trigger consumer's state.
     pub fn set_queue_status(&self, status: super::api::QueueStatus) {
+        let labels = super::metrics::QueueLabels {
+            function: self.name().to_string(),
+            stream: status.stream.clone(),
+        };
+        self.metrics
+            .queue_backlog
+            .get_or_create(&labels)
+            .set(status.backlog.min(i64::MAX as u64) as i64);
+        self.metrics
+            .queue_connected
+            .get_or_create(&labels)
+            .set(i64::from(status.state == "consuming"));
         self.queues
             .lock()
             .expect("queues lock")

@@ -51,6 +51,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// A queue trigger: its function and stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub function: String,
+    pub stream: String,
+}
+
 type Histograms<L> = Family<L, LatencyHistogram, fn() -> LatencyHistogram>;
 
 fn latency() -> LatencyHistogram {
@@ -148,6 +155,13 @@ pub struct Metrics {
     pub async_failed: Family<FunctionLabel, Counter>,
     pub async_dead: Family<FunctionLabel, Counter>,
     pub async_pending: Family<FunctionLabel, Gauge>,
+    pub async_oldest_pending: Family<FunctionLabel, Gauge<f64, AtomicU64>>,
+    pub async_attempt_duration: Histograms<FunctionLabel>,
+    pub queue_delivered: Family<QueueLabels, Counter>,
+    pub queue_retried: Family<QueueLabels, Counter>,
+    pub queue_dead: Family<QueueLabels, Counter>,
+    pub queue_backlog: Family<QueueLabels, Gauge>,
+    pub queue_connected: Family<QueueLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -171,6 +185,13 @@ impl Default for Metrics {
             async_failed: Family::default(),
             async_dead: Family::default(),
             async_pending: Family::default(),
+            async_oldest_pending: Family::default(),
+            async_attempt_duration: Family::new_with_constructor(latency),
+            queue_delivered: Family::default(),
+            queue_retried: Family::default(),
+            queue_dead: Family::default(),
+            queue_backlog: Family::default(),
+            queue_connected: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -261,6 +282,45 @@ impl Default for Metrics {
             "async_pending_calls",
             "Async calls waiting for an attempt",
             m.async_pending.clone(),
+        );
+        registry.register(
+            "async_oldest_pending_seconds",
+            "How long the most overdue pending async call has waited for its attempt",
+            m.async_oldest_pending.clone(),
+        );
+        registry.register(
+            "async_attempt_duration_seconds",
+            "How long one attempt of an async call took, through the engine",
+            m.async_attempt_duration.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "queue_delivered",
+                "Queue messages the function answered 2xx (acked)",
+                &m.queue_delivered,
+            ),
+            (
+                "queue_retried",
+                "Queue message deliveries that failed and were nak'ed for another",
+                &m.queue_retried,
+            ),
+            (
+                "queue_dead",
+                "Queue messages moved to the dead-letter stream",
+                &m.queue_dead,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "queue_backlog_messages",
+            "Messages of a queue trigger pending or delivered and not yet acked (its lag)",
+            m.queue_backlog.clone(),
+        );
+        registry.register(
+            "queue_connected",
+            "1 while a queue trigger's consumer is connected to NATS, else 0",
+            m.queue_connected.clone(),
         );
         Self { registry, ..m }
     }

@@ -87,6 +87,15 @@ pub struct NewCall {
     pub callback_url: Option<String>,
 }
 
+/// A function's calls waiting for an attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// How many (counted up to a cap).
+    pub pending: usize,
+    /// When the longest-waiting one became due (ms since the epoch), if any.
+    pub oldest_ms: Option<u64>,
+}
+
 /// Tries of a callback before it is given up.
 pub const CALLBACK_TRIES: u32 = 5;
 
@@ -447,12 +456,20 @@ impl CallStore {
 
     /// How many of `function`'s calls wait for an attempt (due now or later), counted up
     /// to `cap`.
-    pub fn pending(&self, function: &str, cap: usize) -> Result<usize, StoreError> {
+    pub fn pending(&self, function: &str, cap: usize) -> Result<Backlog, StoreError> {
         let from = format!("{function}\0");
         let to = format!("{function}\u{1}");
         let txn = self.db.begin_read()?;
         let due = txn.open_table(DUE)?;
-        Ok(due.range(from.as_str()..to.as_str())?.take(cap).count())
+        let oldest = due
+            .range(from.as_str()..to.as_str())?
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| k.value().split('\0').nth(1)?.parse::<u64>().ok());
+        Ok(Backlog {
+            pending: due.range(from.as_str()..to.as_str())?.take(cap).count(),
+            oldest_ms: oldest,
+        })
     }
 
     /// Extends a running call's lease.

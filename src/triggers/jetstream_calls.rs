@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use super::calls::{
     callback_pending, check_redrive, decode, encode, expired, idempotency_answer,
     idempotency_value, new_record, now_ms, record_callback, record_interrupted, record_outcome,
-    record_redrive, NewCall, Outcome, StoreError,
+    record_redrive, Backlog, NewCall, Outcome, StoreError,
 };
 use crate::gateway::api::{Attempt, Call, CallState};
 
@@ -84,7 +84,7 @@ pub struct JetCalls {
     /// The deliveries this gateway holds (its leases), by call id, with their function.
     held: Mutex<HashMap<String, (String, jetstream::Message)>>,
     /// Each function's backlog and when it was read.
-    backlog: Mutex<HashMap<String, (Instant, usize)>>,
+    backlog: Mutex<HashMap<String, (Instant, Backlog)>>,
 }
 
 impl JetCalls {
@@ -105,7 +105,12 @@ impl JetCalls {
                 .retry_on_initial_connect()
                 .name("cubeflash-calls")
                 .event_callback(|event| async move {
-                    tracing::info!(event = %event, "NATS (async calls)");
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("NATS connected (async calls)")
+                        }
+                        other => tracing::warn!(event = %other, "NATS (async calls)"),
+                    }
                 })
                 .connect(url.as_str())
                 .await
@@ -350,7 +355,7 @@ impl JetCalls {
 
     /// How many of `function`'s calls wait for an attempt (queued, retrying, or delivered
     /// and not yet taken), read from its consumer at most every half second.
-    pub async fn pending(&self, function: &str, cap: usize) -> Result<usize, StoreError> {
+    pub async fn pending(&self, function: &str, cap: usize) -> Result<Backlog, StoreError> {
         if let Some((at, n)) = self.backlog.lock().expect("backlog lock").get(function) {
             if at.elapsed() < PENDING_EVERY {
                 return Ok(*n);
@@ -372,11 +377,25 @@ impl JetCalls {
         let n = (info.num_pending as usize + info.num_ack_pending)
             .saturating_sub(held)
             .min(cap);
+        // The oldest message still in the queue: when its call was queued.
+        let oldest_ms = if n == 0 {
+            None
+        } else {
+            r.stream
+                .get_first_raw_message_by_subject(subject(function), 0)
+                .await
+                .ok()
+                .map(|m| (m.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        };
+        let backlog = Backlog {
+            pending: n,
+            oldest_ms,
+        };
         self.backlog
             .lock()
             .expect("backlog lock")
-            .insert(function.to_string(), (Instant::now(), n));
-        Ok(n)
+            .insert(function.to_string(), (Instant::now(), backlog));
+        Ok(backlog)
     }
 
     /// Keeps a held call's lease (`in progress`).

@@ -59,7 +59,10 @@ pub async fn run(gateway: Arc<Gateway>, url: String) {
         .retry_on_initial_connect()
         .name("cubeflash-gateway")
         .event_callback(|event| async move {
-            tracing::info!(event = %event, "NATS");
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connected (queue triggers)"),
+                other => tracing::warn!(event = %other, "NATS (queue triggers)"),
+            }
         })
         .connect(url.as_str())
         .await
@@ -195,9 +198,29 @@ async fn serve(
         let mut info_of = pull.clone();
         AbortOnDrop(tokio::spawn(async move {
             loop {
-                if let Ok(info) = info_of.info().await {
-                    let n = info.num_pending as usize + info.num_ack_pending;
-                    report(&gateway, &function, &t, "consuming", n as u64, None);
+                match tokio::time::timeout(BACKLOG_EVERY * 3, info_of.info()).await {
+                    Ok(Ok(info)) => {
+                        let n = info.num_pending as usize + info.num_ack_pending;
+                        report(&gateway, &function, &t, "consuming", n as u64, None);
+                    }
+                    // The consumer reconnects by itself; meanwhile it says so (and its
+                    // backlog is not known: it adds nothing to the function's scale).
+                    Ok(Err(e)) => report(
+                        &gateway,
+                        &function,
+                        &t,
+                        "disconnected",
+                        0,
+                        Some(e.to_string()),
+                    ),
+                    Err(_) => report(
+                        &gateway,
+                        &function,
+                        &t,
+                        "disconnected",
+                        0,
+                        Some("the NATS server does not answer".into()),
+                    ),
                 }
                 tokio::time::sleep(BACKLOG_EVERY).await;
             }
@@ -239,6 +262,13 @@ struct Delivery {
 }
 
 impl Delivery {
+    fn labels(&self) -> crate::gateway::metrics::QueueLabels {
+        crate::gateway::metrics::QueueLabels {
+            function: self.function.clone(),
+            stream: self.trigger.stream.clone(),
+        }
+    }
+
     async fn handle(self, message: jetstream::Message) {
         let (delivered, sequence) = match message.info() {
             Ok(i) => (i.delivered.max(1) as u32, i.stream_sequence),
@@ -316,7 +346,13 @@ impl Delivery {
         let _ = resp.into_body().collect().await;
         drop(progress);
         let retries = f.entry.retry.retries;
+        let labels = self.labels();
         if status.is_success() {
+            self.gateway
+                .metrics
+                .queue_delivered
+                .get_or_create(&labels)
+                .inc();
             if let Err(e) = message.double_ack().await {
                 tracing::warn!(function = %self.function, error = %e, "could not ack a queue message; it will be delivered again");
             }
@@ -343,6 +379,11 @@ impl Delivery {
                 )
             });
             tracing::info!(function = %self.function, delivery = delivered, status = %status, retry_in = ?wait, "queue message will be delivered again");
+            self.gateway
+                .metrics
+                .queue_retried
+                .get_or_create(&labels)
+                .inc();
             let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         }
     }
@@ -381,6 +422,11 @@ impl Delivery {
             return;
         }
         tracing::warn!(function = %self.function, sequence, reason = why, "queue message dead-lettered");
+        self.gateway
+            .metrics
+            .queue_dead
+            .get_or_create(&self.labels())
+            .inc();
         let _ = message.ack_with(AckKind::Term).await;
         let _ = self.source.delete_message(sequence).await;
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::calls::{CallStore, NewCall, Outcome, StoreError};
+use super::calls::{Backlog, CallStore, NewCall, Outcome, StoreError};
 use super::jetstream_calls::JetCalls;
 use crate::gateway::api::{Attempt, Call, CallState};
 
@@ -67,7 +67,7 @@ impl Store {
         }
     }
 
-    pub async fn pending(&self, function: &str, cap: usize) -> Result<usize, StoreError> {
+    pub async fn pending(&self, function: &str, cap: usize) -> Result<Backlog, StoreError> {
         match self {
             Self::Redb(s) => {
                 let f = function.to_string();
