@@ -12,6 +12,7 @@ pub mod load;
 pub mod output;
 pub mod plan;
 pub mod report;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -238,8 +238,10 @@ pub enum Command {
     },
 }
 
-/// `cubeflash bench` options: a plan, or an ad-hoc run against one URL like oha or hey.
+/// `cubeflash bench` options: a plan, or an ad-hoc run against one URL like oha or hey,
+/// or against a function's async or queue trigger.
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("adhoc").args(["url", "async_function", "queue"])))]
 pub struct BenchArgs {
     /// The plan to run (default: bench/plan.yaml in the repo).
     #[arg(conflicts_with = "url")]
@@ -247,26 +249,35 @@ pub struct BenchArgs {
     /// Benchmark this http:// URL instead of a plan.
     #[arg(long)]
     pub url: Option<String>,
+    /// Async mode: send the calls to POST /async-function/FUNCTION, timing their accept
+    /// (the load) and then, from the call records, their completion and the end-to-end
+    /// throughput.
+    #[arg(long = "async", value_name = "FUNCTION", conflicts_with_all = ["url", "plan", "queue"])]
+    pub async_function: Option<String>,
+    /// Queue mode: publish -n messages (default 5000, body -d) to FUNCTION's queue trigger
+    /// and time them through the function: messages/s end to end.
+    #[arg(long, value_name = "FUNCTION", conflicts_with_all = ["url", "plan"])]
+    pub queue: Option<String>,
     /// Concurrent connections (workers): closed loop, or the pool an open-loop --rate is served from.
-    #[arg(short = 'c', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000), requires = "url")]
+    #[arg(short = 'c', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000), requires = "adhoc")]
     pub concurrency: u32,
     /// Stop after this many requests.
-    #[arg(short = 'n', long, requires = "url")]
+    #[arg(short = 'n', long, requires = "adhoc")]
     pub requests: Option<u64>,
     /// Stop after this long (e.g. 10s, 1m; default 10s).
-    #[arg(short = 'z', long, value_parser = parse_duration, requires = "url")]
+    #[arg(short = 'z', long, value_parser = parse_duration, requires = "adhoc")]
     pub duration: Option<std::time::Duration>,
     /// Open loop: requests per second, each timed from when it was due.
-    #[arg(long, requires = "url")]
+    #[arg(long, requires = "adhoc")]
     pub rate: Option<f64>,
     /// HTTP method.
-    #[arg(short = 'm', long, default_value = "GET", requires = "url")]
+    #[arg(short = 'm', long, default_value = "GET", requires = "adhoc")]
     pub method: String,
     /// Extra header, `Name: value` (repeatable).
-    #[arg(short = 'H', long = "header", requires = "url")]
+    #[arg(short = 'H', long = "header", requires = "adhoc")]
     pub headers: Vec<String>,
     /// Request body: text, @file, or - for standard input.
-    #[arg(short = 'd', long, requires = "url")]
+    #[arg(short = 'd', long, requires = "adhoc")]
     pub data: Option<String>,
     /// A request with no answer after this long counts as a timeout (default: the plan's,
     /// else 10s).

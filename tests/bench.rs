@@ -479,3 +479,46 @@ fn hgrm_files_match_javas_for_distributions_that_hit_percentile_boundaries() {
         }
     }
 }
+
+#[test]
+fn async_and_queue_modes_time_calls_and_messages_through_a_function() {
+    common::need("python3");
+    let nats = common::NatsServer::start();
+    let project = format!("namespace: demo\nnats: {{ url: \"{}\" }}\n", nats.url);
+    let repo = common::temp_tree(&[
+        ("cubeflash.yaml", project.as_str()),
+        (
+            "functions/noop/function.yaml",
+            "name: noop\nruntime: python\nhandler: handler.py\nscale: {min: 1, max: 1, concurrency: 8}\ntriggers:\n  - queue: { subject: bench.noop, concurrency: 8 }\n",
+        ),
+        ("functions/noop/handler.py", "def handle(req):\n    return ''\n"),
+    ]);
+    let o = cubeflash(
+        repo.path(),
+        &["bench", "--async", "noop", "-n", "60", "-c", "4"],
+    );
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    assert!(
+        stdout.contains("async end to end: 60 calls (60 succeeded)"),
+        "{stdout}"
+    );
+    let figures =
+        std::fs::read_to_string(repo.path().join("bench/results/latest/triggers.csv")).unwrap();
+    assert!(figures.contains("calls,60"), "{figures}");
+    // The accept itself is the load's summary: 60 requests answered 202.
+    let rows = summary(&std::fs::canonicalize(repo.path().join("bench/results/latest")).unwrap());
+    assert_eq!(num(&rows[0], "requests"), 60.0, "{rows:?}");
+    let o = cubeflash(repo.path(), &["bench", "--queue", "noop", "-n", "300"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    assert!(
+        stdout.contains("queue: 300 messages published")
+            && stdout.contains("messages/s end to end"),
+        "{stdout}"
+    );
+    // A function without a queue trigger is refused, and says how to add one.
+    let o = cubeflash(repo.path(), &["bench", "--async", "nope", "-n", "1"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("nope"), "{}", text(&o.stderr));
+}

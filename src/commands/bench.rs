@@ -37,7 +37,8 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
     platform::raise_fd_limit();
     let rt = runtime()?;
     let mut started_platform = false;
-    let gateway = if plan.uses_functions() {
+    let gateway = if plan.uses_functions() || args.async_function.is_some() || args.queue.is_some()
+    {
         let root = root.as_deref().ok_or(engine::BenchError::NoGateway)?;
         let url = match &args.gateway.gateway {
             Some(u) => u.trim_end_matches('/').to_string(),
@@ -63,7 +64,14 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
     } else {
         None
     };
-    let result = run(out, &rt, &plan, gateway.as_ref(), &results, &args);
+    let result = match (&gateway, &args.async_function, &args.queue) {
+        (Some(gw), Some(function), _) => bench_async(out, &rt, gw, function, &results, &args),
+        (Some(gw), None, Some(function)) => {
+            let root = root.as_deref().ok_or(engine::BenchError::NoGateway)?;
+            bench_queue(out, &rt, gw, root, function, &results, &args)
+        }
+        _ => run(out, &rt, &plan, gateway.as_ref(), &results, &args),
+    };
     if started_platform {
         if let Some(root) = &root {
             rt.block_on(target::stop(root, Duration::from_secs(30)));
@@ -72,6 +80,137 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
     }
     result
 }
+
+/// `bench --async FUNCTION`: the load against its async endpoint (the accept), then its
+/// calls followed to the end.
+fn bench_async(
+    out: &mut impl Write,
+    rt: &tokio::runtime::Runtime,
+    gw: &GatewayHandle,
+    function: &str,
+    results: &Path,
+    args: &BenchArgs,
+) -> Result<Outcome> {
+    let client = gw.client();
+    rt.block_on(platform::wait_ready(&client))?;
+    rt.block_on(client.function(function))?;
+    let mut adhoc = args.clone();
+    adhoc.url = Some(format!("{}/async-function/{function}", gw.url));
+    adhoc.method = "POST".into();
+    if adhoc.requests.is_none() && adhoc.duration.is_none() {
+        adhoc.requests = Some(DEFAULT_TRIGGER_COUNT);
+    }
+    let plan = build_plan(&adhoc, None)?;
+    let since = crate::triggers::calls::now_ms();
+    writeln!(
+        out,
+        "async accept: POST {}",
+        adhoc.url.as_deref().unwrap_or_default()
+    )?;
+    let outcome = run(out, rt, &plan, None, results, &adhoc)?;
+    writeln!(out, "following the accepted calls to the end...")?;
+    out.flush()?;
+    let figures = rt.block_on(engine::triggers::follow_calls(
+        &client,
+        function,
+        since,
+        TRIGGER_WAIT,
+    ))?;
+    let f = hist::figures(&figures.completion);
+    writeln!(
+        out,
+        "async end to end: {} calls ({} succeeded), completion p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.0} calls/s from the first accept to the last finish",
+        figures.calls,
+        figures.succeeded,
+        f.p50,
+        f.p99,
+        f.max,
+        figures.throughput()
+    )?;
+    engine::triggers::write_figures(
+        &results.join(engine::output::LATEST),
+        &[
+            ("mode", "async".to_string()),
+            ("function", function.to_string()),
+            ("calls", figures.calls.to_string()),
+            ("succeeded", figures.succeeded.to_string()),
+            ("completion_p50_ms", format!("{:.3}", f.p50)),
+            ("completion_p99_ms", format!("{:.3}", f.p99)),
+            ("completion_max_ms", format!("{:.3}", f.max)),
+            ("calls_per_second", format!("{:.1}", figures.throughput())),
+        ],
+    )?;
+    Ok(outcome)
+}
+
+/// `bench --queue FUNCTION`: messages published to its queue trigger, timed through it.
+fn bench_queue(
+    out: &mut impl Write,
+    rt: &tokio::runtime::Runtime,
+    gw: &GatewayHandle,
+    root: &Path,
+    function: &str,
+    results: &Path,
+    args: &BenchArgs,
+) -> Result<Outcome> {
+    let repo = load(root)?;
+    let nats = repo
+        .project
+        .nats
+        .as_ref()
+        .ok_or(engine::triggers::TriggerBenchError::NoNats)?;
+    let client = gw.client();
+    rt.block_on(platform::wait_ready(&client))?;
+    let n = args.requests.unwrap_or(DEFAULT_TRIGGER_COUNT * 5 / 2);
+    let body = platform::read_body(args.data.as_deref())?.unwrap_or_else(|| b"{}".to_vec());
+    writeln!(
+        out,
+        "publishing {n} messages to {function}'s queue trigger..."
+    )?;
+    out.flush()?;
+    let q = rt.block_on(engine::triggers::queue_run(
+        &client,
+        &nats.url,
+        function,
+        n,
+        bytes::Bytes::from(body),
+        TRIGGER_WAIT,
+    ))?;
+    writeln!(
+        out,
+        "queue: {} messages published in {:.2} s ({:.0}/s acked by the stream); all delivered through {function} after {:.2} s: {:.0} messages/s end to end",
+        q.messages,
+        q.publish.as_secs_f64(),
+        q.messages as f64 / q.publish.as_secs_f64().max(1e-3),
+        q.end_to_end.as_secs_f64(),
+        q.throughput()
+    )?;
+    let dir = results.join(format!(
+        "{}-queue",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    engine::triggers::write_figures(
+        &dir,
+        &[
+            ("mode", "queue".to_string()),
+            ("function", function.to_string()),
+            ("messages", q.messages.to_string()),
+            ("publish_seconds", format!("{:.3}", q.publish.as_secs_f64())),
+            (
+                "end_to_end_seconds",
+                format!("{:.3}", q.end_to_end.as_secs_f64()),
+            ),
+            ("messages_per_second", format!("{:.1}", q.throughput())),
+        ],
+    )?;
+    writeln!(out, "results: {}", dir.display())?;
+    Ok(Outcome::Success)
+}
+
+/// Calls or messages a trigger benchmark sends unless told.
+const DEFAULT_TRIGGER_COUNT: u64 = 2000;
+/// How long the calls or messages may take to get through.
+const TRIGGER_WAIT: Duration = Duration::from_secs(300);
 
 fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
     if args.timeout.is_some_and(|t| t.is_zero()) {
