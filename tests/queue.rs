@@ -250,3 +250,38 @@ fn a_nats_server_that_was_killed_is_reconnected_to_and_nothing_stored_is_lost() 
     );
     assert_eq!(stream_len(&again.url, "CUBEFLASH_JOB"), 0);
 }
+
+#[test]
+fn a_message_over_the_body_limit_is_dead_lettered_at_once_and_says_why() {
+    need("python3");
+    let nats = NatsServer::start();
+    let root = repo(&nats.url, "{ subject: jobs.big }", "");
+    let project = format!(
+        "namespace: test\nnats: {{ url: \"{}\" }}\ngateway: {{ maxBodySize: 1Ki }}\n",
+        nats.url
+    );
+    std::fs::write(root.path().join("cubeflash.yaml"), project).unwrap();
+    let gw = TestGateway::serve(root);
+    wait_for_stream(&nats.url, "CUBEFLASH_JOB");
+    publish(
+        &nats.url,
+        "jobs.big",
+        &["x".repeat(2048), "small".to_string()],
+    );
+    wait_until("dead-lettered", 30, || {
+        stream_len(&nats.url, "CUBEFLASH_JOB_DEAD") == 1
+    });
+    let dead = rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+        let s = js.get_stream("CUBEFLASH_JOB_DEAD").await.unwrap();
+        s.get_raw_message(1).await.unwrap()
+    });
+    let reason = dead.headers.get("Cubeflash-Reason").unwrap().to_string();
+    assert!(reason.contains("over gateway.maxBodySize"), "{reason}");
+    assert_eq!(
+        dead.headers.get("Cubeflash-Deliveries").map(|v| v.as_str()),
+        Some("1"),
+        "not retried: no delivery changes its size"
+    );
+    wait_until("the small one went through", 20, || done(&gw).len() == 1);
+}

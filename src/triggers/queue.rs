@@ -280,6 +280,16 @@ impl Delivery {
                 .await;
             return;
         };
+        let limit = self.gateway.config.max_body;
+        if message.payload.len() > limit {
+            // No delivery changes its size: dead at once, and why.
+            let why = format!(
+                "the message is {} bytes, over gateway.maxBodySize ({limit} bytes): the function never sees it",
+                message.payload.len()
+            );
+            self.dead(&message, sequence, delivered, &why).await;
+            return;
+        }
         let mut req = hyper::Request::post("/");
         if let Some(headers) = &message.headers {
             // NATS headers that are valid HTTP headers pass on; others are dropped.
