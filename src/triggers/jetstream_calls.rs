@@ -66,6 +66,14 @@ fn idempotency_key(function: &str, key: &str) -> String {
     format!("i.{function}.{hex}")
 }
 
+/// A delivery this gateway holds: its function, its message, and the record as this
+/// gateway last wrote it (with its revision: the next write needs no read first).
+struct Held {
+    function: String,
+    message: jetstream::Message,
+    record: (Call, u64),
+}
+
 /// What the store uses once it is set up.
 struct Ready {
     js: jetstream::Context,
@@ -81,8 +89,8 @@ pub struct JetCalls {
     /// Why it is not set up yet.
     waiting: Mutex<String>,
     consumers: tokio::sync::Mutex<HashMap<String, consumer::PullConsumer>>,
-    /// The deliveries this gateway holds (its leases), by call id, with their function.
-    held: Mutex<HashMap<String, (String, jetstream::Message)>>,
+    /// The deliveries this gateway holds (its leases), by call id.
+    held: Mutex<HashMap<String, Held>>,
     /// Each function's backlog and when it was read.
     backlog: Mutex<HashMap<String, (Instant, Backlog)>>,
 }
@@ -273,18 +281,42 @@ impl JetCalls {
             .messages()
             .await
             .map_err(StoreError::nats("fetch due calls"))?;
-        let mut out = Vec::new();
+        let mut messages = Vec::new();
         while let Some(m) = batch.next().await {
-            let m = match m {
-                Ok(m) => m,
+            match m {
+                Ok(m) => messages.push(m),
                 Err(e) => {
                     tracing::warn!(function, error = %e, "a fetch of due calls broke off");
                     break;
                 }
-            };
-            if let Some(taken) = self.take(r, function, m, lease_until).await? {
-                out.push(taken);
             }
+        }
+        // Each take is a few round trips to the server: all of them at once.
+        let taken: Vec<_> = futures::stream::iter(messages)
+            .map(|m| self.take(r, function, m, lease_until))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        let mut failed = None;
+        for t in taken {
+            match t {
+                Ok(Some(t)) => out.push(t),
+                Ok(None) => {}
+                // The others still run; this one's message was nak'ed and comes back.
+                Err(e) => {
+                    let why =
+                        std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join(": ");
+                    tracing::warn!(function, error = %why, "could not take a due async call");
+                    failed = Some(e);
+                }
+            }
+        }
+        if let (true, Some(e)) = (out.is_empty(), failed) {
+            return Err(e);
         }
         if !out.is_empty() {
             self.backlog.lock().expect("backlog lock").remove(function);
@@ -304,35 +336,37 @@ impl JetCalls {
         let id = String::from_utf8_lossy(&m.payload).into_owned();
         let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
         let now = now_ms();
-        let taken = self
-            .update(r, &id, |call| {
-                if call.state.finished() {
-                    return Ok(false);
-                }
-                if call.state == CallState::Running {
-                    // The gateway that held it stopped (its lease ran out).
-                    record_interrupted(call, now);
-                }
-                call.state = CallState::Running;
-                call.lease_until = Some(lease_until);
-                call.next_attempt_at = None;
-                Ok(true)
-            })
-            .await;
+        let taking = self.update_from(r, &id, None, |call| {
+            if call.state.finished() {
+                return Ok(false);
+            }
+            if call.state == CallState::Running {
+                // The gateway that held it stopped (its lease ran out).
+                record_interrupted(call, now);
+            }
+            call.state = CallState::Running;
+            call.lease_until = Some(lease_until);
+            call.next_attempt_at = None;
+            Ok(true)
+        });
+        // The body is read meanwhile (one round trip for both).
+        let (taken, body) = tokio::join!(taking, r.kv.get(body_key(&id)));
         match taken {
-            Ok((call, true)) => {
-                let body =
-                    r.kv.get(body_key(&id))
-                        .await
-                        .map_err(StoreError::nats("read a call's body"))?
-                        .unwrap_or_default();
-                self.held
-                    .lock()
-                    .expect("held lock")
-                    .insert(id, (function.to_string(), m));
+            Ok((call, true, revision)) => {
+                let body = body
+                    .map_err(StoreError::nats("read a call's body"))?
+                    .unwrap_or_default();
+                self.held.lock().expect("held lock").insert(
+                    id,
+                    Held {
+                        function: function.to_string(),
+                        message: m,
+                        record: (call.clone(), revision),
+                    },
+                );
                 Ok(Some((call, body.to_vec())))
             }
-            Ok((_, false)) => {
+            Ok((_, false, _)) => {
                 // A second message of a finished call (a redrive raced its end).
                 settle(&m, AckKind::Ack).await;
                 Ok(None)
@@ -372,7 +406,7 @@ impl JetCalls {
             .lock()
             .expect("held lock")
             .values()
-            .filter(|(f, _)| f == function)
+            .filter(|h| h.function == function)
             .count();
         let n = (info.num_pending as usize + info.num_ack_pending)
             .saturating_sub(held)
@@ -405,7 +439,7 @@ impl JetCalls {
             .lock()
             .expect("held lock")
             .get(id)
-            .map(|(_, m)| m.clone());
+            .map(|h| h.message.clone());
         if let Some(m) = m {
             m.ack_with(AckKind::Progress)
                 .await
@@ -424,22 +458,31 @@ impl JetCalls {
         outcome: Outcome,
     ) -> Result<Call, StoreError> {
         let r = self.ready().await?;
-        let (call, due) = self
-            .update(r, id, |call| {
+        let known = self
+            .held
+            .lock()
+            .expect("held lock")
+            .get(id)
+            .map(|h| h.record.clone());
+        let (call, due, _) = self
+            .update_from(r, id, known, |call| {
                 Ok(record_outcome(call, attempt.clone(), outcome.clone()))
             })
             .await?;
-        let held = self.held.lock().expect("held lock").remove(id);
+        let held = self
+            .held
+            .lock()
+            .expect("held lock")
+            .remove(id)
+            .map(|h| h.message);
         match (held, due) {
-            (Some((_, m)), Some(at)) => {
+            (Some(m), Some(at)) => {
                 let delay = Duration::from_millis(at.saturating_sub(now_ms()));
                 settle(&m, AckKind::Nak(Some(delay))).await;
             }
-            (Some((_, m)), None) => {
-                if let Err(e) = m.double_ack().await {
-                    // Delivered again later and then settled as a finished call's.
-                    tracing::warn!(call = %id, error = %e, "could not ack a finished async call");
-                }
+            (Some(m), None) => {
+                // Lost, the ack costs a second delivery, settled as a finished call's.
+                settle(&m, AckKind::Ack).await;
             }
             (None, Some(_)) => {
                 // The lease was lost meanwhile: queue it anew.
@@ -564,25 +607,41 @@ impl JetCalls {
         &self,
         r: &Ready,
         id: &str,
-        mut change: impl FnMut(&mut Call) -> Result<T, StoreError>,
+        change: impl FnMut(&mut Call) -> Result<T, StoreError>,
     ) -> Result<(Call, T), StoreError> {
+        let (call, out, _) = self.update_from(r, id, None, change).await?;
+        Ok((call, out))
+    }
+
+    /// `update`, starting from `known` (a record and its revision) when given; returns the
+    /// record's revision after the write too.
+    async fn update_from<T>(
+        &self,
+        r: &Ready,
+        id: &str,
+        mut known: Option<(Call, u64)>,
+        mut change: impl FnMut(&mut Call) -> Result<T, StoreError>,
+    ) -> Result<(Call, T, u64), StoreError> {
         let mut tries = 0;
         loop {
-            let (mut call, revision) = record(r, id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            let (mut call, revision) = match known.take() {
+                Some(k) => k,
+                None => record(r, id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(id.to_string()))?,
+            };
             let before = encode(&call);
             let out = change(&mut call)?;
             let after = encode(&call);
             if after == before {
-                return Ok((call, out));
+                return Ok((call, out, revision));
             }
             match r
                 .kv
                 .update(call_key(id), Bytes::from(after), revision)
                 .await
             {
-                Ok(_) => return Ok((call, out)),
+                Ok(revision) => return Ok((call, out, revision)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision && tries < 10 => {
                     tries += 1;
                 }
