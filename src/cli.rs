@@ -222,6 +222,9 @@ pub enum Command {
         /// How long a delivery holds an async call without renewing it (gateway.asyncLease).
         #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
         async_lease: std::time::Duration,
+        /// How long finished async calls are kept (gateway.asyncRetention).
+        #[arg(long, default_value = "24h", value_parser = parse_duration_arg)]
+        async_retention: std::time::Duration,
     },
     /// Load-test functions (serverless against their always-on baseline) or any URL, and
     /// write latency histograms, summary.csv and an HTML report under bench/results/.

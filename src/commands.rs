@@ -150,6 +150,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             nats_url,
             callback_hosts,
             async_lease,
+            async_retention,
         } => kubernetes::gateway(
             &mut out,
             crate::gateway::kubernetes::KubeGatewayConfig {
@@ -165,6 +166,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     .filter(|t| !t.is_empty()),
                 nats_url: nats_url.filter(|u| !u.is_empty()),
                 async_lease,
+                async_retention,
                 callback_hosts: callback_hosts
                     .into_iter()
                     .map(|h| h.to_ascii_lowercase())

@@ -600,3 +600,63 @@ fn a_callback_gets_the_signed_result_and_is_retried_on_500(s: &mut Backing) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn finished_calls_are_kept_for_the_retention_and_dead_ones_until_purged() {
+    need("python3");
+    let gw = TestGateway::serve(Backing::redb().repo_with(
+        "async: { retries: 0, minBackoff: 100ms, maxBackoff: 100ms }\n",
+        "asyncRetention: 2s",
+    ));
+    let base = gw.url("");
+    let (_, ok) = post(&base, "/ok", "kept a while", None);
+    let (_, dead) = post(&base, "/status?code=500", "dead", None);
+    let ok = ok["callId"].as_str().unwrap().to_string();
+    let dead = dead["callId"].as_str().unwrap().to_string();
+    assert_eq!(call(&base, &ok, "20s")["state"], "succeeded");
+    assert_eq!(call(&base, &dead, "20s")["state"], "dead");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while admin_status(&gw, reqwest::Method::GET, &format!("/system/calls/{ok}")) != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "a finished call outlived its retention"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        call(&base, &dead, "0s")["state"],
+        "dead",
+        "dead calls stay until purged"
+    );
+}
+
+#[test]
+fn the_kubernetes_target_refuses_async_calls_without_nats_and_redb() {
+    let function = "name: job\nruntime: python\nhandler: handler.py\nasync: { retries: 2 }\n";
+    let load = |project: &str| {
+        let root = temp_tree(&[
+            ("cubeflash.yaml", project),
+            ("functions/job/function.yaml", function),
+            (
+                "functions/job/handler.py",
+                "def handle(req):\n    return 1\n",
+            ),
+        ]);
+        cubeflash::spec::load(root.path()).map(|_| ())
+    };
+    let err = format!(
+        "{:#}",
+        load("namespace: test\ntarget: kubernetes\n").unwrap_err()
+    );
+    assert!(
+        err.contains("functions/job/function.yaml:4:8") && err.contains("NATS JetStream"),
+        "{err}"
+    );
+    let err = format!(
+        "{:#}",
+        load("namespace: test\ntarget: kubernetes\nnats: { url: \"nats://nats:4222\" }\ngateway: { asyncStore: redb }\n").unwrap_err()
+    );
+    assert!(err.contains("not a durable queue"), "{err}");
+    load("namespace: test\ntarget: kubernetes\nnats: { url: \"nats://nats:4222\" }\n").unwrap();
+    load("namespace: test\n").unwrap();
+}

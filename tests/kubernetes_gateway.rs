@@ -588,3 +588,54 @@ fn replicas_set_by_someone_else_are_adopted_and_owned_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_kubernetes_gateway_stores_async_calls_in_jetstream_and_delivers_them() {
+    common::need("nats-server");
+    let api = FakeApi::start();
+    let replica = server(200, 0);
+    let dir = deployed(
+        &api,
+        &[("a", "scale: {min: 0, max: 1}\n", &replica.url(""))],
+    );
+    let kc = api.kubeconfig(dir.path());
+    // Without NATS the gateway says async calls are off, and how to turn them on.
+    let gw = start_gateway(dir.path(), &kc);
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/async-function/a", gw.url))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().unwrap().contains("nats"), "says how");
+    drop(gw);
+    let nats = common::NatsServer::start();
+    let gw = start_gateway_with(dir.path(), &kc, &["--nats-url", &nats.url]);
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(format!("{}/async-function/a", gw.url))
+        .body("in the cluster")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-cubeflash-call-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let done: Value = http
+        .get(format!("{}/system/calls/{id}?wait=20s", gw.url))
+        .bearer_auth("secret-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let info: Value = http
+        .get(format!("{}/system/functions/a", gw.url))
+        .bearer_auth("secret-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["asyncStore"], "jetstream", "{info}");
+}

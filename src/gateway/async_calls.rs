@@ -29,7 +29,8 @@ use super::{json_error, json_response, Gateway};
 use crate::triggers::calls::{now_ms, NewCall, Outcome, StoreError};
 use crate::triggers::store::Store;
 
-/// Finished (succeeded, failed) calls are kept this long for `GET /system/calls/ID`.
+/// Finished (succeeded, failed) calls are kept this long for `GET /system/calls/ID`, unless
+/// `gateway.asyncRetention` says otherwise.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Most calls of one function delivered at once.
 const MAX_PARALLEL: u32 = 1000;
@@ -48,6 +49,8 @@ pub struct AsyncCalls {
     pub changed: Notify,
     /// Hosts a callback may go to (`gateway.callbackHosts`), updated on reload.
     callback_hosts: std::sync::RwLock<Vec<String>>,
+    /// How long finished calls are kept, in ms (`gateway.asyncRetention`).
+    retention_ms: std::sync::atomic::AtomicU64,
     /// Signs callbacks: `X-Cubeflash-Signature: sha256=HEX(HMAC-SHA256(secret, body))`.
     secret: String,
     http: reqwest::Client,
@@ -66,9 +69,17 @@ impl AsyncCalls {
             wake: Notify::new(),
             changed: Notify::new(),
             callback_hosts: Default::default(),
+            retention_ms: std::sync::atomic::AtomicU64::new(RETENTION.as_millis() as u64),
             secret,
             http,
         })
+    }
+
+    pub fn set_retention(&self, retention: Duration) {
+        self.retention_ms.store(
+            retention.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn set_callback_hosts(&self, hosts: Vec<String>) {
@@ -413,9 +424,15 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
                 });
             }
         }
-        if last_prune.elapsed() > Duration::from_secs(60) {
+        let keep = calls
+            .retention_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Each minute, or twice per retention when that is shorter.
+        let every =
+            Duration::from_millis(keep / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        if last_prune.elapsed() > every {
             last_prune = std::time::Instant::now();
-            let before = now_ms().saturating_sub(RETENTION.as_millis() as u64);
+            let before = now_ms().saturating_sub(keep);
             if let Err(e) = calls.store.prune(before).await {
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "could not prune finished async calls");
             }

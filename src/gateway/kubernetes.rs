@@ -46,6 +46,8 @@ pub struct KubeGatewayConfig {
     pub callback_hosts: Vec<String>,
     /// How long a delivery holds a call without renewing it.
     pub async_lease: std::time::Duration,
+    /// How long finished calls are kept.
+    pub async_retention: std::time::Duration,
     /// Signs callbacks; every gateway replica needs the same one.
     pub callback_secret: Option<String>,
 }
@@ -125,6 +127,7 @@ impl KubeBackend {
                     config.callback_secret(),
                 );
                 calls.set_callback_hosts(config.callback_hosts.clone());
+                calls.set_retention(config.async_retention);
                 calls
             }),
             nats: config.nats_url.clone(),

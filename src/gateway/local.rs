@@ -248,6 +248,7 @@ impl LocalBackend {
             .warm(repo.functions.iter().map(|f| f.spec.runtime));
         if let Some(calls) = &self.calls {
             calls.set_callback_hosts(repo.project.gateway.callback_hosts.clone());
+            calls.set_retention(repo.project.gateway.async_retention.value);
         }
         gateway.install(next);
         *self.loaded.lock().expect("loaded lock") = now_loaded;

@@ -40,6 +40,7 @@ pub struct GatewayContext {
     pub nats_url: Option<String>,
     pub callback_hosts: Vec<String>,
     pub async_lease: String,
+    pub async_retention: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +74,7 @@ impl ProjectContext {
                 nats_url: project.nats.as_ref().map(|n| n.url.clone()),
                 callback_hosts: project.gateway.callback_hosts.clone(),
                 async_lease: project.gateway.async_lease.text.clone(),
+                async_retention: project.gateway.async_retention.text.clone(),
             },
             uid: RUN_AS_UID,
         }

@@ -224,6 +224,8 @@ pub struct FunctionLocs {
     pub queues: Vec<(usize, Loc)>,
     /// One per schedule trigger: its index and where it is written.
     pub schedules: Vec<(usize, Loc)>,
+    /// Where `async:` is written, if it is.
+    pub async_policy: Option<Loc>,
 }
 
 /// A function as its function.yaml describes it, defaults applied.
@@ -390,6 +392,9 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
             .unwrap_or(defaults::BASELINE_REPLICAS);
         Some(Baseline { replicas })
     });
+    if let Some(n) = f.get("async") {
+        locs.async_policy = Some(node_loc(n));
+    }
     let retry = f.get("async").map(|n| read_retry(r, n)).unwrap_or_default();
 
     Some(FunctionSpec {

@@ -56,6 +56,8 @@ pub struct GatewaySettings {
     /// How long a gateway holds a JetStream async call without renewing it before another
     /// takes it over.
     pub async_lease: Dur,
+    /// How long succeeded and failed async calls are kept (dead ones stay until purged).
+    pub async_retention: Dur,
     pub port: u32,
     /// Largest request body, in bytes.
     pub max_body_size: u64,
@@ -123,6 +125,7 @@ impl Default for ProjectSpec {
                 callback_hosts: Vec::new(),
                 async_store: None,
                 async_lease: Dur::parse("10s").expect("default parses"),
+                async_retention: Dur::parse("24h").expect("default parses"),
             },
             nats: None,
         }
@@ -203,6 +206,7 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                     "callbackHosts",
                     "asyncStore",
                     "asyncLease",
+                    "asyncRetention",
                 ],
             ) {
                 if let Some(n) = g.get("asyncStore") {
@@ -259,6 +263,7 @@ pub fn decode(file: &SourceFile, root: &Node) -> Result<ProjectSpec, Diagnostics
                 }
                 for (key, out) in [
                     ("asyncLease", &mut p.gateway.async_lease),
+                    ("asyncRetention", &mut p.gateway.async_retention),
                     ("headerTimeout", &mut p.gateway.header_timeout),
                     ("bodyTimeout", &mut p.gateway.body_timeout),
                     ("idleTimeout", &mut p.gateway.idle_timeout),

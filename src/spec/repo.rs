@@ -368,10 +368,24 @@ pub fn check_cluster(repo: &Repo) -> Result<(), SpecError> {
     }
 }
 
-/// Queue triggers need a NATS server, and one durable consumer belongs to one trigger.
+/// Queue triggers need a NATS server, and one durable consumer belongs to one trigger; in a
+/// cluster, so do async calls.
 fn check_queues(project: &ProjectSpec, functions: &[Function], diags: &mut Diagnostics) {
     let mut durables: Vec<(&str, &str, &str)> = Vec::new();
     for f in functions {
+        if let (Some(loc), None, crate::spec::Target::Kubernetes) =
+            (f.spec.locs.async_policy, &project.nats, project.target)
+        {
+            diags.push(
+                Diagnostic::new(
+                    &f.source,
+                    loc,
+                    "async",
+                    "in a cluster async calls are stored in NATS JetStream (a gateway pod's disk is not a durable queue), and cubeflash.yaml names no NATS server",
+                )
+                .with_hint("add `nats: { url: nats://nats.<namespace>.svc:4222 }` to cubeflash.yaml (the README's \"Async calls in a cluster\" has a minimal NATS manifest)"),
+            );
+        }
         let queues = f.spec.triggers.iter().filter_map(|t| match t {
             crate::spec::Trigger::Queue(q) => Some(q),
             _ => None,
