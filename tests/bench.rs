@@ -484,7 +484,12 @@ fn hgrm_files_match_javas_for_distributions_that_hit_percentile_boundaries() {
 fn async_and_queue_modes_time_calls_and_messages_through_a_function() {
     common::need("python3");
     let nats = common::NatsServer::start();
-    let project = format!("namespace: demo\nnats: {{ url: \"{}\" }}\n", nats.url);
+    // A free port, so that it runs beside the other platform test.
+    let project = format!(
+        "namespace: demo\ngateway: {{ port: {} }}\nnats: {{ url: \"{}\" }}\n",
+        common::free_port(),
+        nats.url
+    );
     let repo = common::temp_tree(&[
         ("cubeflash.yaml", project.as_str()),
         (

@@ -401,11 +401,14 @@ mod tests {
     }
 
     #[test]
-    fn cron_is_what_a_cronjob_accepts() {
+    fn cron_is_what_a_cronjob_accepts_or_six_fields_with_seconds() {
         assert!(check_cron("*/5 * * * *").is_ok());
         assert!(check_cron("0 9 * * MON-FRI").is_ok());
         assert!(check_cron("@hourly").is_ok());
-        assert!(check_cron("0 */5 * * * *").is_err());
+        assert!(check_cron("0 */5 * * * *").is_ok());
+        assert!(cron_has_seconds("0 */5 * * * *") && !cron_has_seconds("*/5 * * * *"));
+        assert!(check_cron("0 0 */5 * * * *").is_err());
+        assert!(check_cron("61 * * * * *").is_err());
         assert!(check_cron("61 * * * *").is_err());
         assert!(check_cron("every minute").is_err());
         assert!(check_cron("0 0 L * *").is_err());

@@ -118,6 +118,8 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> Box<dyn FnOnce(Result<(), String
 
 /// Most writes committed together.
 const BATCH: usize = 512;
+/// Calls removed per transaction when pruning.
+const PRUNE_BATCH: usize = 256;
 
 pub struct CallStore {
     db: Arc<Database>,
@@ -608,30 +610,58 @@ impl CallStore {
     }
 
     /// Forgets succeeded and failed calls finished before `before` (ms), and expired
-    /// idempotency keys; dead calls stay until purged. Returns how many calls went.
+    /// idempotency keys; dead calls stay until purged. Returns how many calls went. What
+    /// to forget is found in a read transaction, so the writer (and every accept behind
+    /// it) is held only for the removals, in batches, and not at all when nothing expired.
     pub fn prune(&self, before: u64) -> Result<usize, StoreError> {
         let now = now_ms();
-        self.write(move |txn| {
-            let mut n = 0;
-            {
+        let (old, keys) = {
+            let txn = self.db.begin_read()?;
+            let calls = txn.open_table(CALLS)?;
+            let old: Vec<String> = calls
+                .iter()?
+                .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
+                .filter(|c| expired(c, before))
+                .map(|c| c.id)
+                .collect();
+            let idem = txn.open_table(IDEMPOTENCY)?;
+            let keys: Vec<String> = idem
+                .iter()?
+                .filter_map(|r| r.ok())
+                .filter(|(_, v)| idempotency_answer(v.value(), now).is_none())
+                .map(|(k, _)| k.value().to_string())
+                .collect();
+            (old, keys)
+        };
+        let n = old.len();
+        for chunk in old.chunks(PRUNE_BATCH) {
+            let chunk = chunk.to_vec();
+            self.write(move |txn| {
                 let mut calls = txn.open_table(CALLS)?;
                 let mut bodies = txn.open_table(BODIES)?;
-                let old: Vec<String> = calls
-                    .iter()?
-                    .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
-                    .filter(|c| expired(c, before))
-                    .map(|c| c.id)
-                    .collect();
-                for id in old {
+                for id in &chunk {
                     calls.remove(id.as_str())?;
                     bodies.remove(id.as_str())?;
-                    n += 1;
                 }
-                txn.open_table(IDEMPOTENCY)?
-                    .retain(|_, v| idempotency_answer(v, now).is_some())?;
-            }
-            Ok(n)
-        })
+                Ok(())
+            })?;
+        }
+        if !keys.is_empty() {
+            self.write(move |txn| {
+                let mut idem = txn.open_table(IDEMPOTENCY)?;
+                for k in &keys {
+                    // Taken again meanwhile: keep the new answer.
+                    let stale = idem
+                        .get(k.as_str())?
+                        .is_some_and(|v| idempotency_answer(v.value(), now).is_none());
+                    if stale {
+                        idem.remove(k.as_str())?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(n)
     }
 
     fn update(
