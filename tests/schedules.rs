@@ -32,17 +32,21 @@ fn repo(schedule: &str, out: &Path) -> tempfile::TempDir {
     ])
 }
 
-/// The times (s since the epoch) the handler was called, waiting until there are `n`.
-fn calls(out: &Path, n: usize, within: Duration) -> Vec<f64> {
+/// Each call the handler got: when (s since the epoch) and the firing it says it is for,
+/// waiting until there are `n`.
+fn calls(out: &Path, n: usize, within: Duration) -> Vec<(f64, f64)> {
     let deadline = Instant::now() + within;
     loop {
         let text = std::fs::read_to_string(out).unwrap_or_default();
-        let times: Vec<f64> = text
+        let calls: Vec<(f64, f64)> = text
             .lines()
-            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+            })
             .collect();
-        if times.len() >= n || Instant::now() >= deadline {
-            return times;
+        if calls.len() >= n || Instant::now() >= deadline {
+            return calls;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -61,19 +65,27 @@ fn a_schedule_with_seconds_fires_on_its_second() {
     let dir = out_dir();
     let out = dir.path().join("calls");
     let _gw = TestGateway::serve(repo("{ cron: \"*/2 * * * * *\" }", &out));
-    let times = calls(&out, 3, Duration::from_secs(20));
-    assert!(times.len() >= 3, "fired {} times: {times:?}", times.len());
-    for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            (1.7..2.3).contains(&gap),
-            "every second second, found a gap of {gap:.3} s: {times:?}"
+    let got = calls(&out, 3, Duration::from_secs(20));
+    assert!(got.len() >= 3, "fired {} times: {got:?}", got.len());
+    for pair in got.windows(2) {
+        assert_eq!(
+            ((pair[1].1 - pair[0].1) * 1000.0).round(),
+            2000.0,
+            "one firing every second second, none skipped: {got:?}"
         );
     }
-    for t in &times {
-        // Each call reaches the handler within 300 ms of an even second.
-        let late = t - (t / 2.0).floor() * 2.0;
-        assert!(late < 0.3, "{t} is {late:.3} s after its second: {times:?}");
+    for (at, due) in &got {
+        assert_eq!(
+            ((due / 2.0).fract() * 1000.0).round() as i64 % 1000,
+            0,
+            "each firing is for an even second: {got:?}"
+        );
+        // Reached the handler soon after (the machine may be busy with other tests).
+        assert!(
+            (0.0..1.0).contains(&(at - due)),
+            "{at} is {:.3} s after its firing at {due}: {got:?}",
+            at - due
+        );
     }
 }
 
@@ -101,6 +113,11 @@ fn catch_up_makes_up_once_for_runs_missed_while_stopped() {
         if catch_up {
             std::thread::sleep(Duration::from_secs(2));
             assert_eq!(calls(&out, 2, Duration::ZERO).len(), 1, "once, not per run");
+            let (_, due) = calls(&out, 1, Duration::ZERO)[0];
+            assert!(
+                due > (last / 1000) as f64,
+                "it says which firing it makes up for: {due}"
+            );
             let logs = gw.admin("/system/functions/tick/logs");
             assert!(
                 logs.to_string().contains("catching up 3 runs missed"),

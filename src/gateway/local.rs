@@ -545,7 +545,25 @@ async fn schedule_loop(gateway: Arc<Gateway>, state_dir: PathBuf) {
                         req,
                         "/",
                         me,
-                        Some(super::dispatch::Via::trigger("schedule")),
+                        Some(super::dispatch::Via {
+                            headers: hyper::header::HeaderValue::from_str(
+                                &firing
+                                    .due_at
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            )
+                            .ok()
+                            .map(|v| {
+                                (
+                                    hyper::header::HeaderName::from_static(
+                                        "x-cubeflash-scheduled-for",
+                                    ),
+                                    v,
+                                )
+                            })
+                            .into_iter()
+                            .collect(),
+                            ..super::dispatch::Via::trigger("schedule")
+                        }),
                     )
                     .await;
                 let outcome = resp.status().to_string();

@@ -93,6 +93,8 @@ pub struct JetCalls {
     held: Mutex<HashMap<String, Held>>,
     /// Each function's backlog and when it was read.
     backlog: Mutex<HashMap<String, (Instant, Backlog)>>,
+    /// Functions this gateway queued a call for since their last fetch.
+    poked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl JetCalls {
@@ -106,6 +108,7 @@ impl JetCalls {
             consumers: tokio::sync::Mutex::default(),
             held: Mutex::default(),
             backlog: Mutex::default(),
+            poked: Mutex::default(),
         });
         let (weak, url) = (Arc::downgrade(&store), url.to_string());
         tokio::spawn(async move {
@@ -228,6 +231,7 @@ impl JetCalls {
         body.map_err(StoreError::nats("store a call's body"))?;
         record.map_err(StoreError::nats("store a call"))?;
         queued?;
+        self.poke(&new.function);
         Ok((id, false))
     }
 
@@ -270,7 +274,7 @@ impl JetCalls {
         n: usize,
         lease_until: u64,
     ) -> Result<Vec<(Call, Vec<u8>)>, StoreError> {
-        if n == 0 {
+        if n == 0 || self.idle(function) {
             return Ok(Vec::new());
         }
         let r = self.ready().await?;
@@ -322,6 +326,29 @@ impl JetCalls {
             self.backlog.lock().expect("backlog lock").remove(function);
         }
         Ok(out)
+    }
+
+    /// Notes that `function` has a call to fetch (queued by this gateway).
+    fn poke(&self, function: &str) {
+        self.poked
+            .lock()
+            .expect("poked lock")
+            .insert(function.to_string());
+    }
+
+    /// Whether a fetch for `function` would find nothing: its backlog was read as empty
+    /// within the last half second and this gateway queued nothing since. (Another
+    /// gateway's calls show in the next reading.) Saves a round trip per function each
+    /// time the delivery loop looks.
+    fn idle(&self, function: &str) -> bool {
+        let poked = self.poked.lock().expect("poked lock").remove(function);
+        !poked
+            && self
+                .backlog
+                .lock()
+                .expect("backlog lock")
+                .get(function)
+                .is_some_and(|(at, b)| at.elapsed() < PENDING_EVERY && b.pending == 0)
     }
 
     /// One delivered queue message: its call marked running, or the message settled when
@@ -475,6 +502,11 @@ impl JetCalls {
             .expect("held lock")
             .remove(id)
             .map(|h| h.message);
+        // The backlog changed (a retry's message waits on the server): read it afresh.
+        self.backlog
+            .lock()
+            .expect("backlog lock")
+            .remove(&call.function);
         match (held, due) {
             (Some(m), Some(at)) => {
                 let delay = Duration::from_millis(at.saturating_sub(now_ms()));
@@ -488,6 +520,7 @@ impl JetCalls {
                 // The lease was lost meanwhile: queue it anew.
                 let msg_id = format!("{id}.{}", call.attempts.len());
                 publish(r, &call.function, id, &msg_id).await?;
+                self.poke(&call.function);
             }
             (None, None) => {}
         }
@@ -558,6 +591,7 @@ impl JetCalls {
             .await?;
         let msg_id = format!("{id}.redrive.{}", call.redriven);
         publish(r, &call.function, id, &msg_id).await?;
+        self.poke(&call.function);
         Ok(call)
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use croner::Cron;
 
 /// One schedule trigger, identified by function, position, expression and time zone.
@@ -45,6 +45,8 @@ pub struct Firing {
     pub runs: u64,
     /// Fired at start for runs missed while the gateway was down.
     pub caught_up: bool,
+    /// The time it was due (for a catch-up: the last run missed).
+    pub due_at: DateTime<Utc>,
 }
 
 /// Missed runs counted, at most.
@@ -65,6 +67,8 @@ pub fn next_after(cron: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// (an IANA name; UTC when None), as a CronJob with `timeZone` reads it.
 pub fn next_after_in(cron: &str, tz: Option<&str>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let cron = Cron::from_str(cron).ok()?;
+    // From the whole second: croner keeps the fraction of `after` in what it finds.
+    let after = after.with_nanosecond(0)?;
     match tz {
         None => cron.find_next_occurrence(&after, false).ok(),
         Some(name) => {
@@ -97,9 +101,11 @@ impl Schedules {
                     if let Some(before) = last.get(&key.id()).filter(|_| key.catch_up) {
                         let mut runs = 0;
                         let mut t = *before;
+                        let mut last_missed = *before;
                         while let Some(n) = next_after_in(&key.cron, tz, t).filter(|n| *n <= now) {
                             runs += 1;
                             t = n;
+                            last_missed = n;
                             if runs >= MISSED_CAP {
                                 break;
                             }
@@ -110,6 +116,7 @@ impl Schedules {
                                 body: body.clone(),
                                 runs,
                                 caught_up: true,
+                                due_at: last_missed,
                             });
                         }
                     }
@@ -123,6 +130,7 @@ impl Schedules {
                         body: body.clone(),
                         runs: 1,
                         caught_up: false,
+                        due_at: *t,
                     });
                     // Missed runs are not made up for (concurrencyPolicy Forbid, like the CronJob).
                     if let Some(t) = next_after_in(&key.cron, key.timezone.as_deref(), now) {
@@ -212,6 +220,12 @@ mod tests {
 
     #[test]
     fn seconds_come_first_in_a_six_field_expression() {
+        let late = at(10, 3, 4) + chrono::Duration::milliseconds(634);
+        assert_eq!(
+            next_after("*/2 * * * * *", late),
+            Some(at(10, 3, 6)),
+            "on the second, whatever the fraction of the time it starts from"
+        );
         assert_eq!(
             next_after("*/10 * * * * *", at(10, 3, 4)),
             Some(at(10, 3, 10))
