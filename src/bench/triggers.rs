@@ -70,6 +70,22 @@ pub async fn follow_calls(
     wait: Duration,
 ) -> Result<AsyncFigures, TriggerBenchError> {
     let deadline = Instant::now() + wait;
+    // Until none waits or runs (small questions: the whole list is asked for once, at the
+    // end).
+    while Instant::now() < deadline {
+        let mut busy = false;
+        for state in ["queued", "running", "retrying"] {
+            let some = client
+                .calls(Some(function), Some(state), 1)
+                .await
+                .map_err(TriggerBenchError::Admin)?;
+            busy |= some.iter().any(|c| c.accepted_at >= since_ms);
+        }
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     loop {
         let calls = client
             .calls(Some(function), None, MAX_CALLS)

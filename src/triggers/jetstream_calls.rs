@@ -567,16 +567,10 @@ impl JetCalls {
         limit: usize,
     ) -> Result<Vec<Call>, StoreError> {
         let r = self.ready().await?;
-        let mut out: Vec<Call> = scan(r)
-            .await?
-            .into_iter()
-            .filter(|c| {
-                function.is_none_or(|f| f == c.function) && state.is_none_or(|s| s == c.state)
-            })
-            .collect();
-        out.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at).then(b.id.cmp(&a.id)));
-        out.truncate(limit);
-        Ok(out)
+        let all = scan(r).await?.into_iter().filter(|c| {
+            function.is_none_or(|f| f == c.function) && state.is_none_or(|s| s == c.state)
+        });
+        Ok(super::calls::newest(all, limit))
     }
 
     pub async fn redrive(&self, id: &str) -> Result<Call, StoreError> {
