@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use crate::gateway::api::{Attempt, Call, CallResult, CallState};
 
@@ -17,6 +17,9 @@ const CALLS: TableDefinition<&str, &[u8]> = TableDefinition::new("calls");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
 /// `function \0 due-ms (20 digits) \0 id` → nothing: the calls waiting for an attempt.
 const DUE: TableDefinition<&str, ()> = TableDefinition::new("due");
+/// `finished-ms (20 digits) \0 id` → nothing: succeeded and failed calls by when they
+/// ended, so pruning reads only what expired.
+const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("finished");
 /// `function \0 key` → `id \0 expires-ms`: Idempotency-Key answers.
 const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
 
@@ -161,6 +164,18 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A succeeded or failed call's key in FINISHED (none for any other state).
+fn finished_key(call: &Call) -> Option<String> {
+    if !matches!(call.state, CallState::Succeeded | CallState::Failed) {
+        return None;
+    }
+    let end = call
+        .attempts
+        .last()
+        .map_or(call.accepted_at, |a| a.started_at + a.duration_ms);
+    Some(format!("{end:020}\0{}", call.id))
 }
 
 fn due_key(function: &str, at: u64, id: &str) -> String {
@@ -363,8 +378,8 @@ impl CallStore {
             path: path.to_path_buf(),
             source: Box::new(source),
         };
-        // redb caches up to 1 GiB by default: a gateway would grow by the pages of every
-        // call it ever wrote (about 6 KB a call, measured). A bounded cache keeps it small.
+        // redb caches up to 1 GiB by default: a long-running gateway would come to hold
+        // that much of the store's pages. A bounded cache keeps it small.
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -376,6 +391,17 @@ impl CallStore {
             txn.open_table(BODIES)?;
             txn.open_table(DUE)?;
             txn.open_table(IDEMPOTENCY)?;
+            // A store written before the index had one: build it once.
+            let mut finished = txn.open_table(FINISHED)?;
+            if finished.is_empty()? {
+                let calls = txn.open_table(CALLS)?;
+                for row in calls.iter()? {
+                    let (_, v) = row?;
+                    if let Some(key) = decode(v.value()).ok().as_ref().and_then(finished_key) {
+                        finished.insert(key.as_str(), ())?;
+                    }
+                }
+            }
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -643,6 +669,9 @@ impl CallStore {
             {
                 txn.open_table(CALLS)?.remove(id)?;
                 txn.open_table(BODIES)?.remove(id)?;
+                if let Some(k) = finished_key(&call) {
+                    txn.open_table(FINISHED)?.remove(k.as_str())?;
+                }
                 if let Some(at) = call.next_attempt_at {
                     txn.open_table(DUE)?
                         .remove(due_key(&call.function, at, id).as_str())?;
@@ -660,12 +689,12 @@ impl CallStore {
         let now = now_ms();
         let (old, keys) = {
             let txn = self.db.begin_read()?;
-            let calls = txn.open_table(CALLS)?;
-            let old: Vec<String> = calls
-                .iter()?
-                .filter_map(|r| r.ok().and_then(|(_, v)| decode(v.value()).ok()))
-                .filter(|c| expired(c, before))
-                .map(|c| c.id)
+            let finished = txn.open_table(FINISHED)?;
+            let to = format!("{before:020}");
+            let old: Vec<String> = finished
+                .range(..to.as_str())?
+                .filter_map(|r| r.ok())
+                .map(|(k, _)| k.value().to_string())
                 .collect();
             let idem = txn.open_table(IDEMPOTENCY)?;
             let keys: Vec<String> = idem
@@ -682,9 +711,12 @@ impl CallStore {
             self.write(move |txn| {
                 let mut calls = txn.open_table(CALLS)?;
                 let mut bodies = txn.open_table(BODIES)?;
-                for id in &chunk {
-                    calls.remove(id.as_str())?;
-                    bodies.remove(id.as_str())?;
+                let mut finished = txn.open_table(FINISHED)?;
+                for key in &chunk {
+                    let id = key.split_once('\0').map_or("", |(_, id)| id);
+                    calls.remove(id)?;
+                    bodies.remove(id)?;
+                    finished.remove(key.as_str())?;
                 }
                 Ok(())
             })?;
@@ -731,8 +763,19 @@ impl CallStore {
                     .map(|v| v.value().to_vec())
                     .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
                 let mut call = decode(&bytes)?;
+                let was = finished_key(&call);
                 let mut due = None;
                 change(&mut call, &mut due);
+                let now = finished_key(&call);
+                if was != now {
+                    let mut finished = txn.open_table(FINISHED)?;
+                    if let Some(k) = was {
+                        finished.remove(k.as_str())?;
+                    }
+                    if let Some(k) = now {
+                        finished.insert(k.as_str(), ())?;
+                    }
+                }
                 calls.insert(id, encode(&call).as_slice())?;
                 if let Some(at) = due {
                     txn.open_table(DUE)?
