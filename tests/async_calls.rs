@@ -398,6 +398,25 @@ fn the_cli_sends_async_calls_and_follows_them() {
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["state"], "succeeded", "{shown}");
     assert_eq!(result_body(&shown)["body"], "from the cli");
+    let (code, ls, _) = p.run(&["ls"]);
+    assert_eq!(code, Some(0));
+    let header: Vec<&str> = ls
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = ls
+        .lines()
+        .find(|l| l.starts_with("job "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "TRIGGERS")
+        .expect("a TRIGGERS column");
+    assert_eq!(row.get(col), Some(&"http"), "{ls}");
     let (code, listed, _) = p.run(&["calls", "job"]);
     assert_eq!(code, Some(0));
     let row = listed
