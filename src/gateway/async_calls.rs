@@ -368,19 +368,25 @@ pub async fn deliver_loop(gateway: Arc<Gateway>, calls: Arc<AsyncCalls>) {
             tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "could not requeue the async calls left running")
         }
     }
-    match calls.store.pending_callbacks().await {
-        Ok(pending) => {
-            for call in pending {
-                tokio::spawn(send_callback(calls.clone(), call));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "could not read the callbacks still to send")
-        }
-    }
+    // The callbacks a stopped gateway did not get to send; asked again each turn until the
+    // store answers (a JetStream store may still be connecting).
+    let mut callbacks_resumed = false;
     let running: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let mut last_prune = std::time::Instant::now();
     loop {
+        if !callbacks_resumed {
+            match calls.store.pending_callbacks().await {
+                Ok(pending) => {
+                    callbacks_resumed = true;
+                    for call in pending {
+                        tokio::spawn(send_callback(calls.clone(), call));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "could not read the callbacks still to send; trying again")
+                }
+            }
+        }
         tokio::select! {
             _ = calls.wake.notified() => {}
             _ = tokio::time::sleep(IDLE_TICK) => {}
