@@ -44,6 +44,8 @@ const UNRECORDED_TRIES: i64 = 40;
 const PENDING_EVERY: Duration = Duration::from_millis(500);
 /// How long an operation waits for a store that is still being set up.
 const READY_WAIT: Duration = Duration::from_secs(3);
+/// Tries to claim an Idempotency-Key that concurrent requests keep changing.
+const CLAIM_TRIES: usize = 5;
 /// Room left in a message for its headers, under the server's max_payload.
 const HEADROOM: usize = 4096;
 
@@ -178,11 +180,6 @@ impl JetCalls {
         }
     }
 
-    /// Whether the bucket and stream are set up.
-    pub fn is_ready(&self) -> bool {
-        self.ready.get().is_some()
-    }
-
     pub async fn accept(&self, new: NewCall, id: String) -> Result<(String, bool), StoreError> {
         let r = self.ready().await?;
         let max = r.max_payload.saturating_sub(HEADROOM);
@@ -193,34 +190,13 @@ impl JetCalls {
             });
         }
         let now = now_ms();
-        if let Some(key) = &new.idempotency_key {
-            let k = idempotency_key(&new.function, key);
-            let value = idempotency_value(&id, now);
-            match r.kv.create(&k, Bytes::from(value.clone())).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let entry =
-                        r.kv.entry(&k)
-                            .await
-                            .map_err(StoreError::nats("read an idempotency key"))?;
-                    if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
-                        let seen = String::from_utf8_lossy(&entry.value).into_owned();
-                        if let Some(first) = idempotency_answer(&seen, now) {
-                            return Ok((first.to_string(), true));
-                        }
-                        // Expired: this call takes the key over.
-                        r.kv.update(&k, Bytes::from(value), entry.revision)
-                            .await
-                            .map_err(StoreError::nats("store an idempotency key"))?;
-                    } else {
-                        r.kv.put(&k, Bytes::from(value))
-                            .await
-                            .map_err(StoreError::nats("store an idempotency key"))?;
-                    }
-                }
-                Err(e) => return Err(StoreError::nats("store an idempotency key")(e)),
-            }
-        }
+        let claimed = match &new.idempotency_key {
+            Some(key) => match self.claim_key(r, &new.function, key, &id, now).await? {
+                Some(first) => return Ok((first, true)),
+                None => Some(idempotency_key(&new.function, key)),
+            },
+            None => None,
+        };
         let call = new_record(&new, id.clone(), now);
         // All three at once: a message delivered before its record is looked at again.
         let (body, record, queued) = tokio::join!(
@@ -228,11 +204,81 @@ impl JetCalls {
             r.kv.put(call_key(&id), Bytes::from(encode(&call))),
             publish(r, &call.function, &id, &id),
         );
-        body.map_err(StoreError::nats("store a call's body"))?;
-        record.map_err(StoreError::nats("store a call"))?;
-        queued?;
+        let stored = body
+            .map(|_| ())
+            .map_err(StoreError::nats("store a call's body"))
+            .and(record.map(|_| ()).map_err(StoreError::nats("store a call")))
+            .and(queued);
+        if let Err(e) = stored {
+            // Not accepted (the caller hears 503): leave nothing that says otherwise, so a
+            // retry with the same Idempotency-Key stores the call anew. A message that was
+            // queued finds no record and is dropped.
+            if let Some(k) = claimed {
+                let _ = r.kv.purge(&k).await;
+            }
+            let _ = forget(r, &id).await;
+            return Err(e);
+        }
         self.poke(&new.function);
         Ok((id, false))
+    }
+
+    /// Claims `key` for call `id`; or, when an earlier call holds it within the window and
+    /// that call is stored, answers with that call's id.
+    async fn claim_key(
+        &self,
+        r: &Ready,
+        function: &str,
+        key: &str,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let k = idempotency_key(function, key);
+        let value = Bytes::from(idempotency_value(id, now));
+        for _ in 0..CLAIM_TRIES {
+            match r.kv.create(&k, value.clone()).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::nats("store an idempotency key")(e)),
+            }
+            let entry =
+                r.kv.entry(&k)
+                    .await
+                    .map_err(StoreError::nats("read an idempotency key"))?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                continue; // deleted meanwhile: claim it again
+            };
+            let seen = String::from_utf8_lossy(&entry.value).into_owned();
+            if let Some(first) = idempotency_answer(&seen, now).map(str::to_string) {
+                if self.stored_soon(r, &first).await? {
+                    return Ok(Some(first));
+                }
+            }
+            // Expired, or its call was never stored: this call takes the key over.
+            match r.kv.update(&k, value.clone(), entry.revision).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(StoreError::nats("store an idempotency key")(e)),
+            }
+        }
+        Err(StoreError::Commit(
+            "the Idempotency-Key kept changing under concurrent requests".into(),
+        ))
+    }
+
+    /// Whether call `id`'s record is there, waiting a little for an accept that is still
+    /// storing it.
+    async fn stored_soon(&self, r: &Ready, id: &str) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if record(r, id).await?.is_some() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn consumer(
