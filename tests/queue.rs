@@ -73,6 +73,15 @@ fn wait_for_stream(url: &str, stream: &str) {
     }
 }
 
+/// The first message of the dead-letter stream CUBEFLASH_JOB_DEAD.
+fn first_dead_letter(url: &str) -> async_nats::jetstream::message::StreamMessage {
+    rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let s = js.get_stream("CUBEFLASH_JOB_DEAD").await.unwrap();
+        s.get_raw_message(1).await.unwrap()
+    })
+}
+
 fn done(gw: &TestGateway) -> Vec<Value> {
     let v: Value = common::gateway::client()
         .get(gw.url("/function/job/done"))
@@ -163,11 +172,7 @@ fn a_poison_message_is_dead_lettered_once_and_leaves_the_queue() {
         1,
         "exactly once"
     );
-    let dead = rt().block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-        let s = js.get_stream("CUBEFLASH_JOB_DEAD").await.unwrap();
-        s.get_raw_message(1).await.unwrap()
-    });
+    let dead = first_dead_letter(&nats.url);
     assert_eq!(dead.payload.as_ref(), b"poison-1");
     let headers = dead.headers;
     assert_eq!(
@@ -283,11 +288,7 @@ fn a_message_over_the_body_limit_is_dead_lettered_at_once_and_says_why() {
     wait_until("dead-lettered", 30, || {
         stream_len(&nats.url, "CUBEFLASH_JOB_DEAD") == 1
     });
-    let dead = rt().block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-        let s = js.get_stream("CUBEFLASH_JOB_DEAD").await.unwrap();
-        s.get_raw_message(1).await.unwrap()
-    });
+    let dead = first_dead_letter(&nats.url);
     let reason = dead.headers.get("Cubeflash-Reason").unwrap().to_string();
     assert!(reason.contains("over gateway.maxBodySize"), "{reason}");
     assert_eq!(

@@ -416,18 +416,11 @@ impl Backend for KubeBackend {
             tokio::spawn(self.clone().watch_routes(gateway.clone())),
             tokio::spawn(self.clone().watch_deployments()),
         ];
-        if let Some(calls) = &self.calls {
-            loops.push(tokio::spawn(super::async_calls::deliver_loop(
-                gateway.clone(),
-                calls.clone(),
-            )));
-        }
-        if let Some(url) = &self.nats {
-            loops.push(tokio::spawn(crate::triggers::queue::run(
-                gateway,
-                url.clone(),
-            )));
-        }
+        loops.extend(crate::triggers::start(
+            &gateway,
+            self.calls.as_ref(),
+            self.nats.as_deref(),
+        ));
         loops
     }
 

@@ -468,18 +468,11 @@ impl Backend for LocalBackend {
             gateway.clone(),
             self.state_dir.clone(),
         ))];
-        if let Some(calls) = &self.calls {
-            loops.push(tokio::spawn(super::async_calls::deliver_loop(
-                gateway.clone(),
-                calls.clone(),
-            )));
-        }
-        if let Some(url) = &self.nats {
-            loops.push(tokio::spawn(crate::triggers::queue::run(
-                gateway,
-                url.clone(),
-            )));
-        }
+        loops.extend(crate::triggers::start(
+            &gateway,
+            self.calls.as_ref(),
+            self.nats.as_deref(),
+        ));
         loops
     }
 
@@ -523,10 +516,12 @@ async fn schedule_loop(gateway: Arc<Gateway>, state_dir: PathBuf) {
             .collect();
         let now = chrono::Utc::now();
         let fired = schedules.due(&current, now, &last);
-        for firing in &fired {
+        // Kept for the schedules that catch up (the file is written only for them).
+        let kept: Vec<_> = fired.iter().filter(|f| f.key.catch_up).collect();
+        for firing in &kept {
             last.insert(firing.key.id(), now);
         }
-        if !fired.is_empty() {
+        if !kept.is_empty() {
             write_last_firings(&store, &last);
         }
         for firing in fired {

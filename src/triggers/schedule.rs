@@ -3,7 +3,7 @@
 //! for seconds) by calling the function through the gateway, so the call is queued, scaled
 //! and counted like any other. Runs missed while the gateway was down are not made up for,
 //! unless the schedule says `catchUp: true`: then it fires once at start for all it missed
-//! (the last firing of each schedule is kept in `.cubeflash/schedules.json`). On Kubernetes
+//! (the last firing of each such schedule is kept in `.cubeflash/schedules.json`). On Kubernetes
 //! the rendered CronJobs do this instead.
 
 use std::collections::HashMap;
