@@ -522,7 +522,18 @@ fn async_and_queue_modes_time_calls_and_messages_through_a_function() {
             && stdout.contains("messages/s end to end"),
         "{stdout}"
     );
-    // A function without a queue trigger is refused, and says how to add one.
+    let o = cubeflash(
+        repo.path(),
+        &["bench", "--queue", "noop", "-n", "10", "--rate", "5"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("give -n"), "{}", text(&o.stderr));
+    // An open loop without -z runs for 10 s rather than refusing the default count.
+    let o = cubeflash(repo.path(), &["bench", "--async", "noop", "--rate", "100"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    assert!(stdout.contains("async end to end: 1000 calls"), "{stdout}");
+    // A function that is not there is refused, by name.
     let o = cubeflash(repo.path(), &["bench", "--async", "nope", "-n", "1"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("nope"), "{}", text(&o.stderr));

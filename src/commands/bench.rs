@@ -98,7 +98,12 @@ fn bench_async(
     adhoc.url = Some(format!("{}/async-function/{function}", gw.url));
     adhoc.method = "POST".into();
     if adhoc.requests.is_none() && adhoc.duration.is_none() {
-        adhoc.requests = Some(DEFAULT_TRIGGER_COUNT);
+        // An open loop runs for a time, a closed one for a count.
+        if adhoc.rate.is_some() {
+            adhoc.duration = Some(Duration::from_secs(10));
+        } else {
+            adhoc.requests = Some(DEFAULT_TRIGGER_COUNT);
+        }
     }
     let plan = build_plan(&adhoc, None)?;
     let since = crate::triggers::calls::now_ms();
@@ -159,6 +164,9 @@ fn bench_queue(
         .nats
         .as_ref()
         .ok_or(engine::triggers::TriggerBenchError::NoNats)?;
+    if args.rate.is_some() || args.duration.is_some() {
+        anyhow::bail!("--queue publishes a count of messages as fast as the stream acks them: give -n (default 5000), not --rate or -z");
+    }
     let client = gw.client();
     rt.block_on(platform::wait_ready(&client))?;
     let n = args.requests.unwrap_or(DEFAULT_TRIGGER_COUNT * 5 / 2);
