@@ -5,6 +5,7 @@
 //! and report.rs. It prints nothing: the CLI layer implements [`Ui`].
 
 mod cold;
+pub mod conclusion;
 mod gateway;
 pub mod hist;
 pub mod http;
@@ -12,6 +13,7 @@ pub mod load;
 pub mod output;
 pub mod plan;
 pub mod report;
+pub mod sampler;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -45,6 +47,8 @@ pub enum BenchError {
     UnknownFunction(String),
     #[error("function targets need a gateway: run `cubeflash bench` in the repo (it starts the local platform), or pass --gateway")]
     NoGateway,
+    #[error("the gateway does not give an address for the baseline of {0}: is its baseline replica running? (`cubeflash ls`)")]
+    NoBaselineUrl(String),
     #[error("the gateway's admin API failed")]
     Admin(#[source] crate::gateway::client::ClientError),
     #[error("{0} still has replicas 30s after scaling it to zero")]
@@ -60,8 +64,10 @@ pub enum BenchError {
 pub enum Role {
     /// A function through the gateway (scales to zero).
     Serverless,
-    /// A function's always-on baseline replica.
+    /// A function's always-on baseline replica, called directly.
     Baseline,
+    /// The same baseline through the gateway (`/baseline/NAME`).
+    BaselineGateway,
     /// Any URL.
     Url,
 }
@@ -108,6 +114,10 @@ pub struct StepRecord {
     pub role: Role,
     pub mode: Mode,
     pub outcome: StepOutcome,
+    /// What the target's replicas held during the step (function targets).
+    pub resources: Option<sampler::Resources>,
+    /// When the step ran, from the run's start.
+    pub window: (Duration, Duration),
 }
 
 impl StepRecord {
@@ -227,6 +237,11 @@ pub struct RunResult {
     pub records: Vec<StepRecord>,
     /// Replica-seconds each function target held during the run (serverless, baseline).
     pub replica_seconds: BTreeMap<String, f64>,
+    /// The functions sampled, and their samples over the run (see sampler.rs).
+    pub functions: Vec<String>,
+    pub timeline: Vec<sampler::Sample>,
+    /// The computed summary (conclusion.rs), one sentence per line.
+    pub conclusion: Vec<String>,
 }
 
 /// Where and how a run happens, besides its plan and targets.
@@ -258,6 +273,29 @@ pub fn run(
     } = *session;
     let mut dir = output::RunDir::create(results)?;
     let client = gateway.map(|g| g.client());
+    let run_start = std::time::Instant::now();
+    let mut functions: Vec<String> = Vec::new();
+    for f in targets.iter().filter_map(|t| t.function.clone()) {
+        if !functions.contains(&f) {
+            functions.push(f);
+        }
+    }
+    let sampler = client
+        .as_ref()
+        .filter(|_| !functions.is_empty())
+        .map(|c| sampler::Sampler::start(rt, c.clone(), functions.clone(), run_start));
+    // Lets the sampler see what a step began with.
+    let settle = || std::thread::sleep(sampler::EVERY + Duration::from_millis(20));
+    let held = |t: &ResolvedTarget, window: (Duration, Duration)| {
+        let side = match t.role {
+            Role::Serverless => sampler::Side::Serverless,
+            _ => sampler::Side::Baseline,
+        };
+        sampler
+            .as_ref()
+            .zip(t.function.as_deref())
+            .and_then(|(s, f)| s.resources(f, side, window.0, window.1))
+    };
     let before = match &client {
         Some(c) => rt.block_on(replica_seconds(c)),
         None => BTreeMap::new(),
@@ -317,7 +355,8 @@ pub fn run(
                 })
                 .collect(),
             StepGroup::Cold { samples } => {
-                let recs = rt.block_on(cold::cold_starts(
+                let from = run_start.elapsed();
+                let mut recs = rt.block_on(cold::cold_starts(
                     client.as_ref(),
                     session,
                     targets,
@@ -325,6 +364,14 @@ pub fn run(
                     plan.timeout,
                     ui,
                 ))?;
+                if sampler.is_some() {
+                    settle();
+                }
+                let window = (from, run_start.elapsed());
+                for (r, t) in recs.iter_mut().zip(targets) {
+                    r.window = window;
+                    r.resources = held(t, window);
+                }
                 for r in recs {
                     dir.interval(
                         &r.tag(""),
@@ -358,14 +405,26 @@ pub fn run(
                     role: t.role,
                     mode,
                     outcome: empty_outcome(),
+                    resources: None,
+                    window: (Duration::ZERO, Duration::ZERO),
                 };
                 sink.tag = probe.tag("");
                 sink.uncorrected_tag = probe.tag("uncorrected");
+                let from = run_start.elapsed() + step.warmup;
                 let outcome = load::run(&step, &t.request, cancel, &mut sink);
                 if let Some(e) = sink.error {
                     return Err(e.into());
                 }
-                let record = StepRecord { outcome, ..probe };
+                if sampler.is_some() {
+                    settle();
+                }
+                let window = (from, run_start.elapsed());
+                let record = StepRecord {
+                    outcome,
+                    resources: held(t, window),
+                    window,
+                    ..probe
+                };
                 if !record.outcome.warmup.is_empty() {
                     dir.interval(
                         &record.tag("warmup"),
@@ -386,10 +445,10 @@ pub fn run(
                 .iter()
                 .filter_map(|t| {
                     let f = t.function.as_ref()?;
-                    let kind = if t.role == Role::Baseline {
-                        "baseline"
-                    } else {
+                    let kind = if t.role == Role::Serverless {
                         "serverless"
+                    } else {
+                        "baseline"
                     };
                     let key = format!("{f}/{kind}");
                     let held = after.get(&key)? - before.get(&key).copied().unwrap_or(0.0);
@@ -399,12 +458,22 @@ pub fn run(
         }
         None => BTreeMap::new(),
     };
+    let timeline = sampler.map(|s| s.stop()).unwrap_or_default();
     dir.finish(&records)?;
+    output::write_timeline(&dir.dir, &functions, &timeline)?;
     let run = RunResult {
         dir: dir.dir.clone(),
         records,
         replica_seconds,
+        functions,
+        timeline,
+        conclusion: Vec::new(),
     };
+    let mut run = run;
+    run.conclusion = conclusion::conclude(&run);
+    let text = run.dir.join(conclusion::CONCLUSION_FILE);
+    conclusion::write(&run, &run.conclusion)
+        .map_err(|source| output::OutputError::Io { path: text, source })?;
     let page = run.dir.join(report::REPORT_FILE);
     report::write(&run).map_err(|source| output::OutputError::Io { path: page, source })?;
     Ok(run)

@@ -349,16 +349,22 @@ impl Gateway {
         }
         let routes = self.routes();
         if let Some(rest) = path.strip_prefix("/function/") {
-            let name = rest.split_once('/').map_or(rest, |(n, _)| n);
-            // The rest of the path, from its slash (or "/").
-            let forward = match &rest[name.len()..] {
-                "" => "/",
-                tail => tail,
-            };
+            let (name, forward) = split_function_path(rest);
             return match routes.by_name.get(name) {
                 Some(f) => {
                     let forward = forward.to_string();
                     self.dispatch(f.clone(), req, &forward, client).await
+                }
+                None => routes.no_such_function(name),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/baseline/") {
+            let (name, forward) = split_function_path(rest);
+            return match routes.by_name.get(name) {
+                Some(f) => {
+                    let forward = forward.to_string();
+                    self.dispatch_baseline(f.clone(), req, &forward, client)
+                        .await
                 }
                 None => routes.no_such_function(name),
             };
@@ -443,4 +449,15 @@ impl Gateway {
             None => Err("the gateway has no backend".into()),
         }
     }
+}
+
+/// `NAME/rest` of `/function/NAME/rest`: the name, and the path forwarded (from its slash,
+/// or `/`).
+fn split_function_path(rest: &str) -> (&str, &str) {
+    let name = rest.split_once('/').map_or(rest, |(n, _)| n);
+    let forward = match &rest[name.len()..] {
+        "" => "/",
+        tail => tail,
+    };
+    (name, forward)
 }

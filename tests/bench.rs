@@ -344,8 +344,9 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
             .find(|r| r["target"] == target && r["mode"] == mode && r[param.0] == param.1)
             .unwrap_or_else(|| panic!("no {target} {mode} {param:?} row in {rows:?}"))
     };
-    // Interleaved: every step ran for both the serverless target and its baseline.
-    for target in ["fast", "fast-baseline"] {
+    // Interleaved: every step ran for the serverless target and its baseline, called
+    // directly and through the gateway.
+    for target in ["fast", "fast-baseline", "fast-baseline-gw"] {
         for c in ["1", "2"] {
             let r = find(target, "closed", ("concurrency", c));
             assert_eq!(num(r, "requests") + num(r, "errors"), 30.0, "{r:?}");
@@ -382,8 +383,63 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
         .collect();
     assert_eq!(
         order,
-        ["fast c1", "fast-baseline c1", "fast c2", "fast-baseline c2"]
+        [
+            "fast c1",
+            "fast-baseline c1",
+            "fast-baseline-gw c1",
+            "fast c2",
+            "fast-baseline c2",
+            "fast-baseline-gw c2"
+        ]
     );
+    // What each step held, sampled from the gateway: the baseline one replica throughout,
+    // with CPU time from the process table.
+    for target in ["fast-baseline", "fast-baseline-gw"] {
+        let r = find(target, "closed", ("concurrency", "2"));
+        assert_eq!(
+            (&r["replicas_min"][..], &r["replicas_max"][..]),
+            ("1", "1"),
+            "{r:?}"
+        );
+        assert!(num(r, "cpu_seconds") > 0.0, "{r:?}");
+        assert!(num(r, "step_end_s") > num(r, "step_start_s"), "{r:?}");
+    }
+    let serverless = find("fast", "closed", ("concurrency", "1"));
+    assert!(num(serverless, "replicas_max") >= 1.0, "{serverless:?}");
+    // The gateway hop is the difference of the two baseline targets, both in the summary.
+    let conclusion = std::fs::read_to_string(run.join("conclusion.txt")).unwrap();
+    assert!(stdout.contains("In short:"), "{stdout}");
+    for line in conclusion.lines() {
+        assert!(
+            stdout.contains(line),
+            "the terminal shows {line:?}:\n{stdout}"
+        );
+    }
+    let (s1, b1, g1) = (
+        find("fast", "closed", ("concurrency", "1")),
+        find("fast-baseline", "closed", ("concurrency", "1")),
+        find("fast-baseline-gw", "closed", ("concurrency", "1")),
+    );
+    let expect = format!(
+        "latency at low concurrency (closed c1): p50 {} ms against {} ms ({:.2}x), p99 {} ms against {} ms ({:.2}x)",
+        s1["p50_ms"],
+        b1["p50_ms"],
+        num(s1, "p50_ms") / num(b1, "p50_ms"),
+        s1["p99_ms"],
+        b1["p99_ms"],
+        num(s1, "p99_ms") / num(b1, "p99_ms"),
+    );
+    assert!(conclusion.contains(&expect), "{expect}\n{conclusion}");
+    let hop = format!(
+        "the gateway hop is {:.3} ms",
+        num(g1, "p50_ms") - num(b1, "p50_ms")
+    );
+    assert!(conclusion.contains(&hop), "{hop}\n{conclusion}");
+    assert!(conclusion.contains("a cold start (cold)"), "{conclusion}");
+    assert!(conclusion.contains("compute held"), "{conclusion}");
+    let timeline = std::fs::read_to_string(run.join("timeline.csv")).unwrap();
+    assert!(timeline.lines().count() > 5, "{timeline}");
+    assert!(html.contains("In short") && html.contains("Replicas over the run"));
 }
 
 #[test]

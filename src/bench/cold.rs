@@ -31,6 +31,8 @@ pub(super) async fn cold_starts(
             role: t.role,
             mode: Mode::Cold,
             outcome: empty_outcome(),
+            resources: None,
+            window: (Duration::ZERO, Duration::ZERO),
         })
         .collect();
     ui.step_started(

@@ -16,8 +16,9 @@ use super::{BenchError, GatewayHandle, ResolvedTarget, Role};
 pub async fn resolve_targets(
     plan: &Plan,
     gateway: Option<&GatewayHandle>,
-) -> Result<Vec<ResolvedTarget>, BenchError> {
+) -> Result<(Vec<ResolvedTarget>, Vec<String>), BenchError> {
     let mut out = Vec::new();
+    let mut notes = Vec::new();
     for t in &plan.targets {
         let build = |name: &str, url: &str| {
             PreparedRequest::new(url, &t.method, &t.headers, &t.body).map_err(|source| {
@@ -54,17 +55,40 @@ pub async fn resolve_targets(
                     function: Some(name.clone()),
                     request: build(&t.name, &url)?,
                 });
-                if *baseline {
-                    if let Some(base) = info.baseline_url.as_deref() {
-                        let bname = plan::baseline_name(&t.name);
-                        let url = format!("{}{path}", base.trim_end_matches('/'));
-                        out.push(ResolvedTarget {
+                let has_baseline = info.baseline_replicas.is_some();
+                if baseline.direct && has_baseline {
+                    let Some(base) = info.baseline_url.as_deref() else {
+                        return Err(BenchError::NoBaselineUrl(name.clone()));
+                    };
+                    let bname = plan::baseline_name(&t.name);
+                    let url = format!("{}{path}", base.trim_end_matches('/'));
+                    match build(&bname, &url) {
+                        Ok(request) => out.push(ResolvedTarget {
                             name: bname.clone(),
                             role: Role::Baseline,
                             function: Some(name.clone()),
-                            request: build(&bname, &url)?,
-                        });
+                            request,
+                        }),
+                        // A cluster's Service name: reachable only inside the cluster.
+                        Err(BenchError::Request {
+                            source: http::RequestError::Resolve { .. },
+                            ..
+                        }) if baseline.gateway => notes.push(format!(
+                            "{bname} left out: {url} resolves only inside the cluster; {} (the baseline through the gateway) stands for it",
+                            plan::gateway_baseline_name(&t.name)
+                        )),
+                        Err(e) => return Err(e),
                     }
+                }
+                if baseline.gateway && has_baseline {
+                    let bname = plan::gateway_baseline_name(&t.name);
+                    let url = format!("{}/baseline/{name}{path}", gw.url);
+                    out.push(ResolvedTarget {
+                        name: bname.clone(),
+                        role: Role::BaselineGateway,
+                        function: Some(name.clone()),
+                        request: build(&bname, &url)?,
+                    });
                 }
             }
         }
@@ -78,7 +102,7 @@ pub async fn resolve_targets(
                 source,
             })?;
     }
-    Ok(out)
+    Ok((out, notes))
 }
 
 pub(super) async fn scale_to_zero(client: &AdminClient, function: &str) -> Result<(), BenchError> {

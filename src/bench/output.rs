@@ -155,6 +155,13 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "late_p50_ms",
     "max_late_ms",
     "missed_starts",
+    "replicas_min",
+    "replicas_max",
+    "replicas_mean",
+    "cpu_seconds",
+    "replica_seconds",
+    "step_start_s",
+    "step_end_s",
 ];
 
 fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError> {
@@ -180,6 +187,27 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
                 _ => Default::default(),
             };
             let ms = |v: f64| format!("{v:.3}");
+            let held = r.resources.filter(|_| row.measured);
+            let held_cols = match held {
+                Some(h) => [
+                    h.replicas_min.to_string(),
+                    h.replicas_max.to_string(),
+                    format!("{:.2}", h.replicas_mean),
+                    h.cpu_seconds.map_or(String::new(), |c| format!("{c:.3}")),
+                    format!("{:.2}", h.replica_seconds),
+                ],
+                None => Default::default(),
+            };
+            let window = if row.measured {
+                [
+                    format!("{:.3}", r.window.0.as_secs_f64()),
+                    format!("{:.3}", r.window.1.as_secs_f64()),
+                ]
+            } else {
+                Default::default()
+            };
+            let [rmin, rmax, rmean, cpu, rsec] = held_cols;
+            let [wstart, wend] = window;
             w.write_record([
                 r.target.clone(),
                 row.mode,
@@ -205,10 +233,52 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
                 late_p50,
                 late,
                 missed,
+                rmin,
+                rmax,
+                rmean,
+                cpu,
+                rsec,
+                wstart,
+                wend,
             ])?;
         }
     }
     w.flush().map_err(io_err(path))?;
+    Ok(())
+}
+
+pub const TIMELINE_FILE: &str = "timeline.csv";
+
+/// timeline.csv: every sample of what the functions held, one row per function and sample.
+pub fn write_timeline(
+    dir: &Path,
+    functions: &[String],
+    samples: &[super::sampler::Sample],
+) -> Result<(), OutputError> {
+    let path = dir.join(TIMELINE_FILE);
+    let mut w = csv::Writer::from_path(&path)?;
+    w.write_record([
+        "t_s",
+        "function",
+        "serverless_replicas",
+        "baseline_replicas",
+        "serverless_cpu_s",
+        "baseline_cpu_s",
+        "cold_starts",
+    ])?;
+    let cpu = |c: Option<f64>| c.map_or(String::new(), |c| format!("{c:.3}"));
+    for s in samples {
+        w.write_record([
+            format!("{:.3}", s.at.as_secs_f64()),
+            functions.get(s.function).cloned().unwrap_or_default(),
+            s.serverless.to_string(),
+            s.baseline.to_string(),
+            cpu(s.serverless_cpu),
+            cpu(s.baseline_cpu),
+            s.cold_starts.to_string(),
+        ])?;
+    }
+    w.flush().map_err(io_err(&path))?;
     Ok(())
 }
 

@@ -23,13 +23,34 @@ pub mod defaults {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     Url(String),
-    /// A function of the repo, through the gateway; with `baseline`, its always-on baseline
-    /// is benchmarked beside it as a second target.
+    /// A function of the repo, through the gateway; its always-on baseline is benchmarked
+    /// beside it, called directly and through the gateway, as `baseline` says.
     Function {
         name: String,
         path: String,
-        baseline: bool,
+        baseline: Baselines,
     },
+}
+
+/// Which baseline targets a function target brings along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Baselines {
+    /// `NAME-baseline`: the baseline replica called directly (no FaaS at all).
+    pub direct: bool,
+    /// `NAME-baseline-gw`: the baseline through the gateway (`/baseline/NAME`): the same
+    /// proxy hop as the serverless target, without scale-to-zero.
+    pub gateway: bool,
+}
+
+impl Baselines {
+    pub const BOTH: Baselines = Baselines {
+        direct: true,
+        gateway: true,
+    };
+    pub const NONE: Baselines = Baselines {
+        direct: false,
+        gateway: false,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -226,8 +247,8 @@ fn target(r: &mut Reader, node: &Node, path: &str, index: usize) -> Option<Targe
                 );
             }
             let baseline = match f.get("baseline") {
-                Some(n) => boolean(r, n, &f.path_of("baseline"))?,
-                None => true,
+                Some(n) => baselines(r, n, &f.path_of("baseline"))?,
+                None => Baselines::BOTH,
             };
             Endpoint::Function {
                 name: function,
@@ -299,15 +320,33 @@ fn target(r: &mut Reader, node: &Node, path: &str, index: usize) -> Option<Targe
     })
 }
 
-fn boolean(r: &mut Reader, node: &Node, path: &str) -> Option<bool> {
+/// `true` (both baselines), `false` (none), `direct` or `gateway`.
+fn baselines(r: &mut Reader, node: &Node, path: &str) -> Option<Baselines> {
     match node {
-        Node::Scalar(s) if s.may_coerce() && s.as_bool().is_some() => s.as_bool(),
+        Node::Scalar(s) if s.may_coerce() && s.as_bool().is_some() => {
+            Some(if s.as_bool() == Some(true) {
+                Baselines::BOTH
+            } else {
+                Baselines::NONE
+            })
+        }
+        Node::Scalar(s) if s.as_str() == "direct" => Some(Baselines {
+            direct: true,
+            gateway: false,
+        }),
+        Node::Scalar(s) if s.as_str() == "gateway" => Some(Baselines {
+            direct: false,
+            gateway: true,
+        }),
         _ => {
             r.error(
                 node,
                 path,
-                format!("expected true or false, found {}", decode::describe(node)),
-                "",
+                format!(
+                    "expected true, false, direct or gateway, found {}",
+                    decode::describe(node)
+                ),
+                "true: the baseline called directly and through the gateway; direct or gateway: one of them; false: none",
             );
             None
         }
@@ -432,8 +471,13 @@ fn check_names(r: &mut Reader, root: &Node, plan: &Plan) {
     let mut seen = std::collections::BTreeSet::new();
     for t in &plan.targets {
         let mut names = vec![t.name.clone()];
-        if let Endpoint::Function { baseline: true, .. } = t.endpoint {
-            names.push(baseline_name(&t.name));
+        if let Endpoint::Function { baseline, .. } = t.endpoint {
+            if baseline.direct {
+                names.push(baseline_name(&t.name));
+            }
+            if baseline.gateway {
+                names.push(gateway_baseline_name(&t.name));
+            }
         }
         for n in names {
             if !seen.insert(n.clone()) {
@@ -463,6 +507,10 @@ pub fn default_plan_text(functions: &[String]) -> String {
 
 pub fn baseline_name(target: &str) -> String {
     format!("{target}-baseline")
+}
+
+pub fn gateway_baseline_name(target: &str) -> String {
+    format!("{target}-baseline-gw")
 }
 
 /// The plan of an ad-hoc run (`--url`): one target, one step.
@@ -564,7 +612,7 @@ mod tests {
             Endpoint::Function {
                 name: "random-quote".into(),
                 path: String::new(),
-                baseline: true
+                baseline: Baselines::BOTH
             }
         );
         assert_eq!(p.targets[1].method, "POST");

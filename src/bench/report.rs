@@ -25,6 +25,48 @@ const COLORS: [RGBColor; 6] = [
 
 type Series = (String, Vec<(f64, f64)>);
 
+/// One colour per target, the same in every chart: a series is named after its target
+/// (`random-quote p99`, `random-quote-baseline corrected`) and takes that target's colour.
+pub struct Palette {
+    targets: Vec<String>,
+}
+
+impl Palette {
+    fn of(run: &RunResult) -> Self {
+        let mut targets: Vec<String> = Vec::new();
+        for r in &run.records {
+            if !targets.contains(&r.target) {
+                targets.push(r.target.clone());
+            }
+        }
+        for f in &run.functions {
+            for name in [f.clone(), super::plan::baseline_name(f)] {
+                if !targets.contains(&name) {
+                    targets.push(name);
+                }
+            }
+        }
+        Self { targets }
+    }
+
+    /// The colour of the longest target name `series` starts with.
+    fn color(&self, series: &str) -> RGBColor {
+        let index = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                series == t.as_str()
+                    || series
+                        .strip_prefix(t.as_str())
+                        .is_some_and(|rest| rest.starts_with(' '))
+            })
+            .max_by_key(|(_, t)| t.len())
+            .map_or(0, |(i, _)| i);
+        COLORS[index % COLORS.len()]
+    }
+}
+
 /// Writes `<run>/index.html`.
 pub fn write(run: &RunResult) -> std::io::Result<()> {
     std::fs::write(run.dir.join(REPORT_FILE), html(run))
@@ -39,6 +81,7 @@ fn esc(s: &str) -> String {
 /// The whole page.
 pub fn html(run: &RunResult) -> String {
     let mut page = String::new();
+    let pal = Palette::of(run);
     let name = run
         .dir
         .file_name()
@@ -48,17 +91,25 @@ pub fn html(run: &RunResult) -> String {
         page,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>cubeflash bench {name}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#eee}}td:first-child,th:first-child{{text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:1em}}.note{{color:#555}}</style></head><body>\n<h1>cubeflash bench {name}</h1>\n<p class=\"note\">Latencies in milliseconds. <b>closed</b>: N workers each send their next request when the last is answered. <b>open</b>: requests due at a fixed rate, latency counted from the due time (corrected for coordinated omission; the uncorrected figure counts from the actual send). <b>cold</b>: the function scaled to zero before each sample, timed from connect to the last byte; baseline and URL targets are not scaled (first request on a new connection). <b>warmup</b> samples are kept apart. Errors are counted, never mixed into latency. Files: summary.csv, one .hgrm per target and step, run.hlog (HdrHistogram interval log).</p>\n"
     );
-    closed_section(&mut page, &run.records);
+    if !run.conclusion.is_empty() {
+        page.push_str("<h2>In short</h2>\n<ul class=\"conclusion\">\n");
+        for line in &run.conclusion {
+            let _ = writeln!(page, "<li>{}</li>", esc(line.trim()));
+        }
+        page.push_str("</ul>\n");
+    }
+    timeline_section(&mut page, run, &pal);
+    closed_section(&mut page, &run.records, &pal);
     ratio_section(&mut page, &run.records);
     cost_section(&mut page, run);
-    open_section(&mut page, &run.records);
-    cold_section(&mut page, &run.records);
+    open_section(&mut page, &run.records, &pal);
+    cold_section(&mut page, &run.records, &pal);
     summary_table(&mut page, &run.records);
     page.push_str("</body></html>\n");
     page
 }
 
-fn closed_section(page: &mut String, records: &[StepRecord]) {
+fn closed_section(page: &mut String, records: &[StepRecord], pal: &Palette) {
     let closed: Vec<&StepRecord> = records
         .iter()
         .filter(|r| matches!(r.mode, Mode::Closed { .. }))
@@ -99,6 +150,7 @@ fn closed_section(page: &mut String, records: &[StepRecord]) {
         (1.0..max_c.max(2.0)).log_scale(),
         y_log_range(&lat).log_scale(),
         &lat,
+        pal,
     ));
     let max_rps = rps
         .iter()
@@ -111,6 +163,7 @@ fn closed_section(page: &mut String, records: &[StepRecord]) {
         (1.0..max_c.max(2.0)).log_scale(),
         0.0..max_rps * 1.1,
         &rps,
+        pal,
     ));
     page.push_str("</div>\n<h3>Percentile distribution per step</h3>\n<div class=\"charts\">\n");
     let mut steps: BTreeMap<u32, Vec<&StepRecord>> = BTreeMap::new();
@@ -124,12 +177,16 @@ fn closed_section(page: &mut String, records: &[StepRecord]) {
             .iter()
             .map(|r| (r.target.clone(), distribution(&r.outcome.latency)))
             .collect();
-        page.push_str(&distribution_chart(&format!("concurrency {c}"), &series));
+        page.push_str(&distribution_chart(
+            &format!("concurrency {c}"),
+            &series,
+            pal,
+        ));
     }
     page.push_str("</div>\n");
 }
 
-fn open_section(page: &mut String, records: &[StepRecord]) {
+fn open_section(page: &mut String, records: &[StepRecord], pal: &Palette) {
     let open: Vec<&StepRecord> = records
         .iter()
         .filter(|r| matches!(r.mode, Mode::Open { .. }))
@@ -178,12 +235,12 @@ fn open_section(page: &mut String, records: &[StepRecord]) {
             }
             _ => r.target.clone(),
         };
-        page.push_str(&distribution_chart(&title, &series));
+        page.push_str(&distribution_chart(&title, &series, pal));
     }
     page.push_str("</div>\n");
 }
 
-fn cold_section(page: &mut String, records: &[StepRecord]) {
+fn cold_section(page: &mut String, records: &[StepRecord], pal: &Palette) {
     let cold: Vec<&StepRecord> = records.iter().filter(|r| r.mode == Mode::Cold).collect();
     if cold.is_empty() {
         return;
@@ -211,46 +268,51 @@ fn cold_section(page: &mut String, records: &[StepRecord]) {
         .iter()
         .map(|r| (r.target.clone(), distribution(&r.outcome.latency)))
         .collect();
-    page.push_str(&distribution_chart("cold-start distribution", &series));
+    page.push_str(&distribution_chart("cold-start distribution", &series, pal));
 }
 
 /// Serverless against baseline, step by step: the price of scaling to zero.
 fn ratio_section(page: &mut String, records: &[StepRecord]) {
     let mut rows = String::new();
     for s in records.iter().filter(|r| r.role == Role::Serverless) {
-        let baseline = super::plan::baseline_name(&s.target);
-        let Some(b) = records
-            .iter()
-            .find(|r| r.target == baseline && r.mode == s.mode)
-        else {
-            continue;
-        };
-        let (fs, fb) = (
-            hist::figures(&s.outcome.latency),
-            hist::figures(&b.outcome.latency),
-        );
-        let ratio = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}", a / b)
-            } else {
-                "-".into()
-            }
-        };
-        let _ = writeln!(
-            rows,
-            "<tr><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&s.target),
-            s.mode.name(),
-            s.mode.param(),
-            ratio(fs.p50, fb.p50),
-            ratio(fs.p99, fb.p99),
-            ratio(s.outcome.rps(), b.outcome.rps()),
-        );
+        for baseline in [
+            super::plan::baseline_name(&s.target),
+            super::plan::gateway_baseline_name(&s.target),
+        ] {
+            let Some(b) = records
+                .iter()
+                .find(|r| r.target == baseline && r.mode == s.mode)
+            else {
+                continue;
+            };
+            let (fs, fb) = (
+                hist::figures(&s.outcome.latency),
+                hist::figures(&b.outcome.latency),
+            );
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}", a / b)
+                } else {
+                    "-".into()
+                }
+            };
+            let _ = writeln!(
+                rows,
+                "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.target),
+                esc(&baseline),
+                s.mode.name(),
+                s.mode.param(),
+                ratio(fs.p50, fb.p50),
+                ratio(fs.p99, fb.p99),
+                ratio(s.outcome.rps(), b.outcome.rps()),
+            );
+        }
     }
     if !rows.is_empty() {
         let _ = write!(
             page,
-            "<h2>Serverless / baseline, per step</h2>\n<p class=\"note\">Above 1: the serverless path is slower (latency) or faster (throughput) than the always-on baseline.</p>\n<table><tr><th>function</th><th>step</th><th>p50 ratio</th><th>p99 ratio</th><th>throughput ratio</th></tr>\n{rows}</table>\n"
+            "<h2>Serverless / baseline, per step</h2>\n<p class=\"note\">Above 1: the serverless path is slower (latency) or faster (throughput) than the always-on baseline. Against NAME-baseline (called directly) the ratio holds the gateway hop and scale-to-zero together; against NAME-baseline-gw (the same baseline through the gateway) only scale-to-zero.</p>\n<table><tr><th>function</th><th>against</th><th>step</th><th>p50 ratio</th><th>p99 ratio</th><th>throughput ratio</th></tr>\n{rows}</table>\n"
         );
     }
 }
@@ -259,7 +321,7 @@ fn cost_section(page: &mut String, run: &RunResult) {
     if run.replica_seconds.is_empty() {
         return;
     }
-    page.push_str("<h2>Cost: replica-seconds held during the run</h2>\n<p class=\"note\">The baseline pays for idle time; the serverless target pays in cold starts.</p>\n<table><tr><th>target</th><th>replica-seconds</th></tr>\n");
+    page.push_str("<h2>Cost: replica-seconds held during the run</h2>\n<p class=\"note\">Replica-seconds are replicas held times seconds, whether they worked or idled; the replicas per step and their CPU time are in the table below and in summary.csv. Which side held more is said in the summary at the top, from these figures.</p>\n<table><tr><th>target</th><th>replica-seconds</th></tr>\n");
     for (t, s) in &run.replica_seconds {
         let _ = writeln!(page, "<tr><td>{}</td><td>{s:.1}</td></tr>", esc(t));
     }
@@ -316,7 +378,7 @@ fn distribution(h: &Latency) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn distribution_chart(title: &str, series: &[Series]) -> String {
+fn distribution_chart(title: &str, series: &[Series], pal: &Palette) -> String {
     let max_x = series
         .iter()
         .flat_map(|s| s.1.iter().map(|p| p.0))
@@ -328,6 +390,7 @@ fn distribution_chart(title: &str, series: &[Series]) -> String {
         (1.0..max_x).log_scale(),
         y_log_range(series).log_scale(),
         series,
+        pal,
     )
 }
 
@@ -355,7 +418,15 @@ fn tick(v: f64) -> String {
 }
 
 /// One line chart as an inline SVG element.
-fn chart<X, Y>(title: &str, x_label: &str, y_label: &str, x: X, y: Y, series: &[Series]) -> String
+fn chart<X, Y>(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x: X,
+    y: Y,
+    series: &[Series],
+    pal: &Palette,
+) -> String
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -374,19 +445,33 @@ where
                 .y_label_area_size(56)
                 .build_cartesian_2d(x, y)?;
             c.configure_mesh()
+                .light_line_style(TRANSPARENT)
+                .bold_line_style(RGBColor(225, 225, 225))
+                .x_labels(8)
+                .y_labels(8)
                 .x_label_formatter(&|v: &f64| tick(*v))
                 .y_label_formatter(&|v: &f64| tick(*v))
                 .x_desc(x_label)
                 .y_desc(y_label)
                 .label_style(("sans-serif", 11))
                 .draw()?;
-            for (i, (name, pts)) in series.iter().enumerate() {
-                let color = COLORS[i % COLORS.len()];
-                c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-                    .label(name.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                    });
+            for (name, pts) in series {
+                let color = pal.color(name);
+                // The second figure of a target (p99, uncorrected): dashed, in its colour.
+                let dashed = name.ends_with(" p99") || name.ends_with(" uncorrected");
+                let style = color.stroke_width(2);
+                let drawn = if dashed {
+                    c.draw_series(DashedLineSeries::new(pts.iter().copied(), 6, 4, style))?
+                } else {
+                    c.draw_series(LineSeries::new(pts.iter().copied(), style))?
+                };
+                drawn.label(name.as_str()).legend(move |(x, y)| {
+                    if dashed {
+                        PathElement::new(vec![(x, y), (x + 6, y)], style)
+                    } else {
+                        PathElement::new(vec![(x, y), (x + 16, y)], style)
+                    }
+                });
                 c.draw_series(pts.iter().map(|&p| Circle::new(p, 2, color.filled())))?;
             }
             c.configure_series_labels()
@@ -407,4 +492,67 @@ where
         }
     }
     svg
+}
+
+/// Replicas over the run (from the gateway, every 200 ms), and what each step held.
+fn timeline_section(page: &mut String, run: &RunResult, pal: &Palette) {
+    if run.timeline.is_empty() {
+        return;
+    }
+    let mut series: Vec<Series> = Vec::new();
+    for (i, f) in run.functions.iter().enumerate() {
+        let mine = || run.timeline.iter().filter(|s| s.function == i);
+        series.push((
+            format!("{f} serverless replicas"),
+            mine()
+                .map(|s| (s.at.as_secs_f64(), f64::from(s.serverless)))
+                .collect(),
+        ));
+        if mine().any(|s| s.baseline > 0) {
+            series.push((
+                format!("{} replicas", super::plan::baseline_name(f)),
+                mine()
+                    .map(|s| (s.at.as_secs_f64(), f64::from(s.baseline)))
+                    .collect(),
+            ));
+        }
+    }
+    let max_t = run
+        .timeline
+        .last()
+        .map_or(1.0, |s| s.at.as_secs_f64())
+        .max(1.0);
+    let max_r = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    page.push_str("<h2>Replicas over the run</h2>\n<div class=\"charts\">\n");
+    page.push_str(&chart(
+        "ready replicas",
+        "seconds since the run began",
+        "replicas",
+        0.0..max_t,
+        0.0..max_r + 1.0,
+        &series,
+        pal,
+    ));
+    page.push_str("</div>\n<table><tr><th>target</th><th>step</th><th>from s</th><th>to s</th><th>replicas min</th><th>max</th><th>mean</th><th>replica-seconds</th><th>CPU seconds</th></tr>\n");
+    for r in &run.records {
+        let Some(h) = r.resources else { continue };
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{} {}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+            esc(&r.target),
+            r.mode.name(),
+            r.mode.param(),
+            r.window.0.as_secs_f64(),
+            r.window.1.as_secs_f64(),
+            h.replicas_min,
+            h.replicas_max,
+            h.replicas_mean,
+            h.replica_seconds,
+            h.cpu_seconds.map_or("-".into(), |c| format!("{c:.3}")),
+        );
+    }
+    page.push_str("</table>\n<p class=\"note\">The two baseline targets share one baseline replica. CPU seconds: user and system time of the replica processes, from the process table (local platform only).</p>\n");
 }

@@ -288,7 +288,10 @@ fn run(
     if let Some(gw) = gateway {
         rt.block_on(platform::wait_ready(&gw.client()))?;
     }
-    let targets = rt.block_on(engine::resolve_targets(plan, gateway))?;
+    let (targets, notes) = rt.block_on(engine::resolve_targets(plan, gateway))?;
+    for n in notes {
+        writeln!(out, "{n}")?;
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
     rt.spawn(async move {
@@ -316,6 +319,12 @@ fn run(
     };
     let run = engine::run(&session, plan, &targets, &mut ui)?;
     drop(ui);
+    if !run.conclusion.is_empty() {
+        writeln!(out, "\nIn short:")?;
+        for line in &run.conclusion {
+            writeln!(out, "{line}")?;
+        }
+    }
     table(out, &run.records)?;
     for (t, s) in &run.replica_seconds {
         writeln!(out, "replica-seconds held by {t}: {s:.1}")?;

@@ -295,6 +295,8 @@ impl Gateway {
             url: format!("{base}/function/{}", e.name),
             baseline_url: baseline_urls.first().cloned(),
             baseline_urls,
+            replica_pids: f.serverless.pids(),
+            baseline_pids: f.baseline.as_ref().map(|b| b.pids()).unwrap_or_default(),
             failed: f.serverless.failure(),
             trouble: f.serverless.trouble(),
             scale: e.scale.clone(),

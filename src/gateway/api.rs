@@ -71,6 +71,11 @@ pub struct FunctionInfo {
     pub baseline_url: Option<String>,
     #[serde(default)]
     pub baseline_urls: Vec<String>,
+    /// Process ids of the ready replicas, where they run on the gateway's machine (local).
+    #[serde(default)]
+    pub replica_pids: Vec<u32>,
+    #[serde(default)]
+    pub baseline_pids: Vec<u32>,
     /// Why the function failed (crash loop), with its last output.
     pub failed: Option<String>,
     /// What keeps it from scaling (the backend's refusal), if anything.

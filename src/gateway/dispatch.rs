@@ -88,8 +88,28 @@ struct Lease {
 /// What the response body holds until it is done: the request's in-flight count and its
 /// replica slot.
 struct Held {
-    _inflight: Inflight,
+    _inflight: Option<Inflight>,
     _slot: Slot,
+}
+
+/// Which of a function's pools a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The function as users call it: scales from zero, counted for the autoscaler.
+    Serverless,
+    /// Its always-on baseline (`/baseline/NAME`): the same proxy hop without scale-to-zero,
+    /// for `cubeflash bench`. Never counted as traffic of the function, so it cannot keep
+    /// the serverless side up or scale it.
+    Baseline,
+}
+
+impl Side {
+    fn pool<'f>(&self, f: &'f FunctionState) -> &'f Arc<dyn crate::runtime::pool::ReplicaPool> {
+        match (self, &f.baseline) {
+            (Side::Baseline, Some(b)) => b,
+            _ => &f.serverless,
+        }
+    }
 }
 
 impl Gateway {
@@ -106,7 +126,24 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        self.dispatch_as(f, req, forward_path, client, None).await
+        self.dispatch_on(f, req, forward_path, client, None, Side::Serverless)
+            .await
+    }
+
+    /// Forwards a client's request to `f`'s always-on baseline (which it must have).
+    pub(super) async fn dispatch_baseline<B>(
+        &self,
+        f: Arc<FunctionState>,
+        req: Request<B>,
+        forward_path: &str,
+        client: SocketAddr,
+    ) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.dispatch_on(f, req, forward_path, client, None, Side::Baseline)
+            .await
     }
 
     pub(crate) async fn dispatch_as<B>(
@@ -121,17 +158,36 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
+        self.dispatch_on(f, req, forward_path, client, via, Side::Serverless)
+            .await
+    }
+
+    async fn dispatch_on<B>(
+        &self,
+        f: Arc<FunctionState>,
+        req: Request<B>,
+        forward_path: &str,
+        client: SocketAddr,
+        via: Option<Via>,
+        side: Side,
+    ) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let call_id = match via.as_ref().and_then(|v| v.call_id.clone()) {
             Some(id) => id,
             None => self.next_call_id(),
         };
-        f.touch();
+        if side == Side::Serverless {
+            f.touch();
+        }
         let mut response = match self
             .invoke(
                 &f,
                 req,
-                forward_path,
+                (forward_path, side),
                 client,
                 &call_id,
                 via.as_ref(),
@@ -163,15 +219,16 @@ impl Gateway {
         };
         response.headers_mut().insert(CALL_ID, call_id);
         let code = response.status().as_u16();
-        if code == 200 {
+        if code == 200 && side == Side::Serverless {
             f.hot.ok.inc();
         } else {
+            let function = match side {
+                Side::Serverless => f.name().to_string(),
+                Side::Baseline => format!("{}-baseline", f.name()),
+            };
             self.metrics
                 .requests
-                .get_or_create(&CodeLabels {
-                    function: f.name().to_string(),
-                    code,
-                })
+                .get_or_create(&CodeLabels { function, code })
                 .inc();
         }
         response
@@ -182,7 +239,7 @@ impl Gateway {
         &self,
         f: &Arc<FunctionState>,
         req: Request<B>,
-        forward_path: &str,
+        (forward_path, side): (&str, Side),
         client: SocketAddr,
         call_id: &HeaderValue,
         via: Option<&Via>,
@@ -248,7 +305,7 @@ impl Gateway {
             }
         }
         parts.version = hyper::Version::HTTP_11;
-        self.forward(f, Request::from_parts(parts, body), started)
+        self.forward(f, Request::from_parts(parts, body), started, side)
             .await
     }
 
@@ -258,6 +315,7 @@ impl Gateway {
         f: &Arc<FunctionState>,
         mut request: Request<RequestBody>,
         started: Instant,
+        side: Side,
     ) -> Result<Response<GatewayBody>, Reject> {
         let idempotent = matches!(
             *request.method(),
@@ -271,13 +329,17 @@ impl Gateway {
         let mut current = f.clone();
         let f = &mut current;
         loop {
-            let lease = self.acquire(f, deadline).await?;
-            let inflight = f.enter();
+            let lease = match side {
+                Side::Serverless => self.acquire(f, deadline).await?,
+                Side::Baseline => self.acquire_baseline(f, deadline).await?,
+            };
+            let inflight = (side == Side::Serverless).then(|| f.enter());
+            let pool = side.pool(f).clone();
             let endpoint = lease.slot.endpoint.clone();
             let checkout = match self.upstreams.checkout(endpoint.addr).await {
                 Ok(c) => c,
                 Err(e) => {
-                    let elsewhere = f.serverless.unreachable(&endpoint);
+                    let elsewhere = pool.unreachable(&endpoint);
                     drop((lease, inflight));
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Reject::new(
@@ -313,20 +375,20 @@ impl Gateway {
                     }
                     if let Some(unsent) = failed.unsent {
                         // Never reached the replica: any request may go to another one.
-                        f.serverless.unreachable(&endpoint);
+                        pool.unreachable(&endpoint);
                         drop((lease, inflight));
                         request = *unsent;
                         continue;
                     }
                     if let Some(copy) = again {
                         tracing::info!(function = %f.name(), replica = endpoint.id, "replica broke off before answering; retrying an idempotent request on another");
-                        f.serverless.unreachable(&endpoint);
+                        pool.unreachable(&endpoint);
                         drop((lease, inflight));
                         retried = true;
                         request = copy;
                         continue;
                     }
-                    let log = f.serverless.log_tail(5);
+                    let log = pool.log_tail(5);
                     return Err(Reject {
                         status: StatusCode::BAD_GATEWAY,
                         message: format!(
@@ -338,7 +400,7 @@ impl Gateway {
                 }
                 Err(_) => {
                     if endpoint.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_IN_A_ROW {
-                        f.serverless.unreachable(&endpoint);
+                        pool.unreachable(&endpoint);
                     }
                     return Err(Reject::new(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -350,7 +412,9 @@ impl Gateway {
                 }
             };
             let now = Instant::now();
-            self.account(f, &lease, started, sent, now);
+            if side == Side::Serverless {
+                self.account(f, &lease, started, sent, now);
+            }
             proxy::strip_hop_by_hop(&mut head.headers);
             // Only the gateway's own answers say they are.
             head.headers.remove(proxy::ORIGIN);
@@ -466,6 +530,49 @@ impl Gateway {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A slot on `f`'s baseline: it is always on, so there is no queue and no scaling; a
+    /// request waits (until `deadline`) only while its replica (re)starts.
+    async fn acquire_baseline(
+        &self,
+        f: &FunctionState,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, Reject> {
+        let Some(pool) = &f.baseline else {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "function {:?} has no baseline: add `baseline: {{replicas: 1}}` to its function.yaml",
+                    f.name()
+                ),
+            ));
+        };
+        loop {
+            let notified = pool.waiters().notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(slot) = pool.acquire(0) {
+                return Ok(Lease {
+                    slot,
+                    waited: None,
+                    cold: false,
+                });
+            }
+            if let Some(why) = pool.failure() {
+                return Err(Reject::new(StatusCode::BAD_GATEWAY, why));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Reject::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the baseline of {} had no ready replica within scale.coldStartTimeout ({})",
+                        f.name(),
+                        f.entry.scale.cold_start_timeout.text
+                    ),
+                ));
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct Endpoint {
     /// Requests it was given: a replica that served and then died is replaced, not counted
     /// toward a crash loop.
     pub served: AtomicU64,
+    /// The local replica's process (group) id; 0 where the backend has none (Kubernetes).
+    pub pid: u32,
 }
 
 impl Endpoint {
@@ -41,6 +43,7 @@ impl Endpoint {
             timeouts: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            pid: 0,
         }
     }
 }
@@ -144,6 +147,11 @@ pub trait ReplicaPool: Send + Sync + 'static {
     /// the 504 a waiting request gets); unlike `failure`, requests still wait.
     fn trouble(&self) -> Option<String> {
         None
+    }
+    /// Process ids of the replicas now serving, where they run on this machine (what
+    /// `bench` reads CPU time from); empty elsewhere.
+    fn pids(&self) -> Vec<u32> {
+        Vec::new()
     }
     /// The last `n` lines of the replicas' output, where the backend keeps them.
     fn log_tail(&self, n: usize) -> Option<Vec<String>>;

@@ -261,7 +261,10 @@ impl ReplicaSet {
                 spawn: spawned - asked,
                 readiness: now - spawned,
             };
-            let endpoint = Arc::new(Endpoint::new(id, proc.addr, start));
+            let endpoint = Arc::new(Endpoint {
+                pid: proc.pgid.as_raw() as u32,
+                ..Endpoint::new(id, proc.addr, start)
+            });
             self.ready
                 .write()
                 .expect("ready lock")
@@ -374,6 +377,10 @@ impl ReplicaPool for ReplicaSet {
 
     fn addrs(&self) -> Vec<SocketAddr> {
         self.ready().iter().map(|e| e.addr).collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.ready().iter().map(|e| e.pid).collect()
     }
 
     fn log_tail(&self, n: usize) -> Option<Vec<String>> {
