@@ -682,3 +682,49 @@ fn schedule_triggers_fire_on_the_local_platform() {
         thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn the_baseline_answers_through_the_gateway_without_waking_the_function() {
+    need("python3");
+    let gw = TestGateway::start(
+        "",
+        &[
+            (
+                "fn",
+                "scale: {min: 0, max: 2, idle: 30s}\nbaseline: {replicas: 1}\n",
+            ),
+            ("plain", ""),
+        ],
+    );
+    let info = gw.wait_for("fn", "a ready baseline", Duration::from_secs(30), |f| {
+        f["baselineReplicas"]["ready"] == 1
+    });
+    let baseline_pid = info["baselinePids"][0]
+        .as_u64()
+        .expect("a local baseline has a pid");
+    for _ in 0..20 {
+        let r = client().get(gw.url("/baseline/fn/pid")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().unwrap();
+        assert_eq!(
+            body["pid"].as_u64(),
+            Some(baseline_pid),
+            "served by the baseline"
+        );
+    }
+    // Not the function's traffic: the serverless side stays at zero, no cold start.
+    thread::sleep(Duration::from_millis(300));
+    let f = gw.function("fn");
+    assert_eq!(f["replicas"]["desired"], 0, "{f}");
+    assert_eq!(f["coldStarts"], 0, "{f}");
+    let none = client().get(gw.url("/baseline/plain/pid")).send().unwrap();
+    assert_eq!(none.status(), 404);
+    let why: Value = none.json().unwrap();
+    assert!(
+        why["error"].as_str().unwrap().contains("has no baseline"),
+        "{why}"
+    );
+    let typo = client().get(gw.url("/baseline/fm/pid")).send().unwrap();
+    assert_eq!(typo.status(), 404);
+    assert!(typo.text().unwrap().contains("did you mean \\\"fn\\\""));
+}
