@@ -14,6 +14,7 @@ pub mod output;
 pub mod plan;
 pub mod report;
 pub mod sampler;
+pub mod trace;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -84,9 +85,17 @@ pub struct ResolvedTarget {
 /// Which figure a record holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
-    Closed { concurrency: u32 },
-    Open { rate: f64 },
+    Closed {
+        concurrency: u32,
+    },
+    Open {
+        rate: f64,
+    },
     Cold,
+    /// The plan's n-th trace step (from 1).
+    Trace {
+        step: u32,
+    },
 }
 
 impl Mode {
@@ -95,6 +104,7 @@ impl Mode {
             Mode::Closed { .. } => "closed",
             Mode::Open { .. } => "open",
             Mode::Cold => "cold",
+            Mode::Trace { .. } => "trace",
         }
     }
 
@@ -104,6 +114,7 @@ impl Mode {
             Mode::Closed { concurrency } => format!("c{concurrency}"),
             Mode::Open { rate } => format!("r{}", output::fmt_num(*rate)),
             Mode::Cold => String::new(),
+            Mode::Trace { step } => format!("t{step}"),
         }
     }
 }
@@ -118,6 +129,9 @@ pub struct StepRecord {
     pub resources: Option<sampler::Resources>,
     /// When the step ran, from the run's start.
     pub window: (Duration, Duration),
+    /// Per interval of the measured part: (start from the step's start in s, p50 ms, p99
+    /// ms, answers); for the report's timelines.
+    pub intervals: Vec<(f64, f64, f64, u64)>,
 }
 
 impl StepRecord {
@@ -302,6 +316,7 @@ pub fn run(
     };
     let mut records = Vec::new();
     let threads = plan.threads.unwrap_or(threads).max(1);
+    let mut traces = 0;
     for group in &plan.steps {
         let values: Vec<(Mode, load::Step, Expected)> = match group {
             StepGroup::Closed {
@@ -354,6 +369,26 @@ pub fn run(
                     )
                 })
                 .collect(),
+            StepGroup::Trace {
+                trace, connections, ..
+            } => {
+                traces += 1;
+                let step = load::Step {
+                    load: load::Load::Trace {
+                        trace: trace.clone(),
+                        connections: *connections,
+                    },
+                    warmup: Duration::ZERO,
+                    timeout: plan.timeout,
+                    interval: plan.interval,
+                    threads,
+                };
+                vec![(
+                    Mode::Trace { step: traces },
+                    step,
+                    Expected::Duration(trace.length()),
+                )]
+            }
             StepGroup::Cold { samples } => {
                 let from = run_start.elapsed();
                 let mut recs = rt.block_on(cold::cold_starts(
@@ -399,6 +434,7 @@ pub fn run(
                     uncorrected_tag: String::new(),
                     started: SystemTime::now() + step.warmup,
                     error: None,
+                    intervals: Vec::new(),
                 };
                 let probe = StepRecord {
                     target: t.name.clone(),
@@ -407,6 +443,7 @@ pub fn run(
                     outcome: empty_outcome(),
                     resources: None,
                     window: (Duration::ZERO, Duration::ZERO),
+                    intervals: Vec::new(),
                 };
                 sink.tag = probe.tag("");
                 sink.uncorrected_tag = probe.tag("uncorrected");
@@ -423,6 +460,7 @@ pub fn run(
                     outcome,
                     resources: held(t, window),
                     window,
+                    intervals: std::mem::take(&mut sink.intervals),
                     ..probe
                 };
                 if !record.outcome.warmup.is_empty() {
@@ -489,6 +527,7 @@ pub(crate) fn empty_outcome() -> StepOutcome {
         elapsed: Duration::ZERO,
         started: SystemTime::now(),
         schedule: None,
+        bursts: Vec::new(),
     }
 }
 
@@ -500,6 +539,7 @@ struct StepSink<'a> {
     uncorrected_tag: String,
     started: SystemTime,
     error: Option<output::OutputError>,
+    intervals: Vec<(f64, f64, f64, u64)>,
 }
 
 impl Observer for StepSink<'_> {
@@ -509,6 +549,11 @@ impl Observer for StepSink<'_> {
 
     fn interval(&mut self, i: &load::Interval<'_>) {
         self.ui.interval(i);
+        if !i.latency.is_empty() {
+            let ms = |q: f64| i.latency.value_at_quantile(q) as f64 / hist::SCALE_TO_MS;
+            self.intervals
+                .push((i.start.as_secs_f64(), ms(0.5), ms(0.99), i.latency.len()));
+        }
         let start = self.started + i.start;
         let mut write = |tag: &str, h: &Latency| {
             if let Err(e) = self.dir.interval(tag, start, i.length, h) {

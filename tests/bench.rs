@@ -594,3 +594,116 @@ fn async_and_queue_modes_time_calls_and_messages_through_a_function() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("nope"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn a_trace_shows_serverless_falling_to_zero_in_the_gaps_and_a_cold_start_per_burst() {
+    common::need("python3");
+    let repo = common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: demo\n"),
+        (
+            "functions/fast/function.yaml",
+            "name: fast\nruntime: python\nhandler: handler.py\nscale: {min: 0, max: 2, idle: 2s}\nbaseline: {replicas: 1}\n",
+        ),
+        ("functions/fast/handler.py", "def handle(req):\n    return 'hi'\n"),
+        (
+            "bench/plan.yaml",
+            "targets:\n  - function: fast\n    baseline: direct\nsteps:\n  - trace: {rate: 20, burst: 2s, gap: 5s, bursts: 2, connections: 4}\n",
+        ),
+    ]);
+    let o = cubeflash(repo.path(), &["bench"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", text(&o.stderr));
+    let run = std::fs::canonicalize(repo.path().join("bench/results/latest")).unwrap();
+    let rows = summary(&run);
+    let trace = |t: &str| {
+        rows.iter()
+            .find(|r| r["target"] == t && r["mode"] == "trace")
+            .unwrap_or_else(|| panic!("no {t} trace row in {rows:?}"))
+            .clone()
+    };
+    let (s, b) = (trace("fast"), trace("fast-baseline"));
+    // 2 bursts of 2 s at 20/s.
+    assert_eq!(num(&s, "requests") + num(&s, "errors"), 80.0, "{s:?}");
+    assert_eq!(num(&s, "errors"), 0.0, "{s:?}");
+    assert_eq!(&s["replicas_min"][..], "0", "{s:?}");
+    assert_eq!(&b["replicas_min"][..], "1", "{b:?}");
+    assert!(
+        num(&s, "replica_seconds") < num(&b, "replica_seconds"),
+        "{s:?} vs {b:?}"
+    );
+    // In the gap (from 4 s after the first burst ended to the second's start) no serverless
+    // replica is held; each burst is one cold start.
+    let start = num(&s, "step_start_s");
+    let mut r = csv::Reader::from_path(run.join("timeline.csv")).unwrap();
+    let samples: Vec<(f64, u32, u64)> = r
+        .records()
+        .map(|x| x.unwrap())
+        .filter(|x| &x[1] == "fast")
+        .map(|x| {
+            (
+                x[0].parse().unwrap(),
+                x[2].parse().unwrap(),
+                x[6].parse().unwrap(),
+            )
+        })
+        .collect();
+    let in_gap: Vec<_> = samples
+        .iter()
+        .filter(|(t, _, _)| *t > start + 6.0 && *t < start + 6.8)
+        .collect();
+    assert!(!in_gap.is_empty(), "{samples:?}");
+    assert!(in_gap.iter().all(|(_, n, _)| *n == 0), "{in_gap:?}");
+    let colds = |from: f64, to: f64| {
+        let at = |t: f64| {
+            samples
+                .iter()
+                .filter(|s| s.0 <= t)
+                .last()
+                .map_or(0, |s| s.2)
+        };
+        at(to) - at(from)
+    };
+    assert_eq!(colds(start - 0.5, num(&s, "step_end_s")), 2, "{samples:?}");
+    let conclusion = std::fs::read_to_string(run.join("conclusion.txt")).unwrap();
+    assert!(
+        conclusion.contains("falling to zero replicas in the silences"),
+        "{conclusion}"
+    );
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    assert!(html.contains("Trace: bursts and silences"), "index.html");
+}
+
+#[test]
+fn bad_traces_get_located_errors_and_nothing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("rec.csv"), "0.5\n1.0\nlater\n").unwrap();
+    std::fs::write(
+        tmp.path().join("plan.yaml"),
+        "targets:\n  - url: http://127.0.0.1:9/\nsteps:\n  - trace: {file: rec.csv}\n  - trace: {rate: 0, burst: 1s}\n  - trace: {rate: 5, burst: 2h}\n  - open: {rate: 5, duration: 90m}\n  - trace: {phases: [{rate: 0, for: 1s}]}\n",
+    )
+    .unwrap();
+    let o = cubeflash(
+        tmp.path(),
+        &[
+            "bench",
+            "plan.yaml",
+            "--out",
+            tmp.path().join("results").to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("rec.csv:3:1") && err.contains("is not a number"),
+        "{err}"
+    );
+    assert!(err.contains("steps[1].trace.rate"), "{err}");
+    assert!(
+        err.contains("steps[2].trace.burst") && err.contains("an hour at most"),
+        "{err}"
+    );
+    assert!(err.contains("steps[3].open.duration"), "{err}");
+    assert!(err.contains("the phases send no request"), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+    assert!(!tmp.path().join("results").exists(), "nothing written");
+}

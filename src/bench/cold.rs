@@ -33,6 +33,7 @@ pub(super) async fn cold_starts(
             outcome: empty_outcome(),
             resources: None,
             window: (Duration::ZERO, Duration::ZERO),
+            intervals: Vec::new(),
         })
         .collect();
     ui.step_started(

@@ -107,6 +107,13 @@ pub fn conclude(run: &RunResult) -> Vec<String> {
                 ap50 - bp50
             ));
         }
+        for t in run
+            .records
+            .iter()
+            .filter(|r| r.target == s.target && matches!(r.mode, Mode::Trace { .. }))
+        {
+            lines.push(trace_line(run, t, &base));
+        }
         let compute = |t: &str| {
             let held = run.replica_seconds.get(t).copied()?;
             let requests: u64 = run
@@ -171,4 +178,47 @@ pub fn write(run: &RunResult, lines: &[String]) -> std::io::Result<()> {
     let mut text = lines.join("\n");
     text.push('\n');
     std::fs::write(run.dir.join(CONCLUSION_FILE), text)
+}
+
+/// What a trace step showed: compute held by each side over the trace, and the price of each
+/// burst's first request.
+fn trace_line(run: &RunResult, s: &StepRecord, base: &str) -> String {
+    let b = run
+        .records
+        .iter()
+        .find(|r| r.target == base && r.mode == s.mode);
+    let held = |r: &StepRecord| r.resources.map(|h| (h.replica_seconds, h.replicas_min));
+    let firsts: Vec<String> = s
+        .outcome
+        .bursts
+        .iter()
+        .map(|(_, f)| f.map_or("failed".into(), |us| format!("{:.3}", us as f64 / 1000.0)))
+        .collect();
+    let mut line = format!(
+        "  trace ({} {}): the first request of each burst took {} ms",
+        s.mode.name(),
+        s.mode.param(),
+        firsts.join(", ")
+    );
+    if let Some(b) = b {
+        let bf: Vec<String> = b
+            .outcome
+            .bursts
+            .iter()
+            .map(|(_, f)| f.map_or("failed".into(), |us| format!("{:.3}", us as f64 / 1000.0)))
+            .collect();
+        line.push_str(&format!(" (baseline: {})", bf.join(", ")));
+        if let (Some((sh, smin)), Some((bh, _))) = (held(s), held(b)) {
+            line.push_str(&format!(
+                "; over the trace serverless held {sh:.1} replica-seconds against the baseline's {bh:.1} ({}%)",
+                if bh > 0.0 { format!("{:.0}", sh * 100.0 / bh) } else { "-".into() }
+            ));
+            if smin > 0 {
+                line.push_str(", and never fell to zero: the silences are shorter than the function's scale.idle");
+            } else {
+                line.push_str(", falling to zero replicas in the silences");
+            }
+        }
+    }
+    line
 }

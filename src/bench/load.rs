@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use super::hist::{self, Latency};
 use super::http::{Connection, Failure, PreparedRequest};
+use super::trace::Trace;
 
 /// When a closed-loop step ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,7 +27,7 @@ pub enum Stop {
 }
 
 /// What load one step applies.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Load {
     Closed {
         concurrency: u32,
@@ -39,10 +40,15 @@ pub enum Load {
         /// Connections the schedule is served from (requests due while all are busy start late).
         connections: u32,
     },
+    /// An open loop whose requests are due when the trace says (bursts and silences).
+    Trace {
+        trace: Arc<Trace>,
+        connections: u32,
+    },
 }
 
 /// One step as the engine runs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Step {
     pub load: Load,
     /// Run this long first; its samples are kept apart, under their own tag.
@@ -194,6 +200,9 @@ pub struct StepOutcome {
     /// Wall-clock start of the measured part.
     pub started: SystemTime,
     pub schedule: Option<Schedule>,
+    /// Trace steps, per burst: its start (from the step's start) and the latency (from its
+    /// due time, µs) of its first request, None where that failed.
+    pub bursts: Vec<(Duration, Option<u64>)>,
 }
 
 impl StepOutcome {
@@ -235,6 +244,8 @@ struct Shared {
     totals: Mutex<Totals>,
     /// Open loop: the next request index to start.
     next: AtomicU64,
+    /// Trace steps: each burst's first request's latency.
+    firsts: Mutex<Vec<Option<u64>>>,
     threads_done: AtomicUsize,
 }
 
@@ -255,9 +266,9 @@ pub fn run(
     cancel: &Arc<AtomicBool>,
     observer: &mut dyn Observer,
 ) -> StepOutcome {
-    let workers = match step.load {
-        Load::Closed { concurrency, .. } => concurrency,
-        Load::Open { connections, .. } => connections,
+    let workers = match &step.load {
+        Load::Closed { concurrency, .. } => *concurrency,
+        Load::Open { connections, .. } | Load::Trace { connections, .. } => *connections,
     }
     .max(1) as usize;
     let threads = step.threads.clamp(1, workers);
@@ -269,6 +280,10 @@ pub fn run(
         intervals: Mutex::new(BTreeMap::new()),
         totals: Mutex::new(Totals::default()),
         next: AtomicU64::new(0),
+        firsts: Mutex::new(match &step.load {
+            Load::Trace { trace, .. } => vec![None; trace.bursts.len()],
+            _ => Vec::new(),
+        }),
         threads_done: AtomicUsize::new(0),
     });
     let req = Arc::new(req.clone());
@@ -280,14 +295,14 @@ pub fn run(
         interval: step.interval.max(Duration::from_millis(10)),
         timeout: step.timeout,
     };
-    let open = matches!(step.load, Load::Open { .. });
+    let open = !matches!(step.load, Load::Closed { .. });
     let mut latency = hist::new();
     let mut uncorrected = open.then(hist::new);
     let mut last_p99 = None;
     std::thread::scope(|s| {
         for t in 0..threads {
             let ids: Vec<usize> = (t..workers).step_by(threads).collect();
-            let (shared, req, load) = (shared.clone(), req.clone(), step.load);
+            let (shared, req, load) = (shared.clone(), req.clone(), step.load.clone());
             s.spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -299,7 +314,7 @@ pub fn run(
                         .into_iter()
                         .map(|id| {
                             let w = Worker::new(id, shared.clone(), clock, open);
-                            let req = req.clone();
+                            let (req, load) = (req.clone(), load.clone());
                             tokio::task::spawn_local(async move {
                                 match load {
                                     Load::Closed { stop, .. } => {
@@ -308,6 +323,7 @@ pub fn run(
                                     Load::Open { rate, duration, .. } => {
                                         w.open(&req, rate, duration).await
                                     }
+                                    Load::Trace { trace, .. } => w.trace(&req, &trace).await,
                                 }
                             })
                         })
@@ -368,9 +384,21 @@ pub fn run(
         .last_answer
         .map(|t| t.saturating_duration_since(clock.t0))
         .unwrap_or_default();
-    let schedule = match step.load {
-        Load::Open { rate, duration, .. } => {
-            let due = (rate * duration.as_secs_f64()).round() as u64;
+    let planned = match &step.load {
+        Load::Open { rate, duration, .. } => Some((
+            *rate,
+            *duration,
+            (rate * duration.as_secs_f64()).round() as u64,
+        )),
+        Load::Trace { trace, .. } => Some((
+            trace.total() as f64 / trace.length().as_secs_f64().max(1e-9),
+            trace.length(),
+            trace.total(),
+        )),
+        Load::Closed { .. } => None,
+    };
+    let schedule = match planned {
+        Some((rate, duration, due)) => {
             let measured_started = totals.started;
             Some(Schedule {
                 requested_rate: rate,
@@ -386,7 +414,17 @@ pub fn run(
                 missed: due.saturating_sub(measured_started),
             })
         }
-        Load::Closed { .. } => None,
+        None => None,
+    };
+    let firsts = std::mem::take(&mut *shared.firsts.lock().expect("firsts lock"));
+    let bursts = match &step.load {
+        Load::Trace { trace, .. } => trace
+            .bursts
+            .iter()
+            .zip(firsts)
+            .map(|(b, f)| (b.start, f))
+            .collect(),
+        _ => Vec::new(),
     };
     StepOutcome {
         latency,
@@ -397,6 +435,7 @@ pub fn run(
         elapsed,
         started: started_wall,
         schedule,
+        bursts,
     }
 }
 
@@ -525,17 +564,38 @@ impl Worker {
         self.finish();
     }
 
-    async fn open(mut self, req: &PreparedRequest, rate: f64, duration: Duration) {
+    async fn open(self, req: &PreparedRequest, rate: f64, duration: Duration) {
         let warmup = self.clock.t0 - self.clock.start;
         let total = (rate * (warmup + duration).as_secs_f64()).round() as u64;
         let end = self.clock.t0 + duration;
         let nanos_apart = 1e9 / rate;
+        let due =
+            |i: u64| (i < total).then(|| Duration::from_nanos((i as f64 * nanos_apart) as u64));
+        self.scheduled(req, &due, end, &[]).await;
+    }
+
+    /// A trace's schedule (no warm-up); the first request of each burst is noted.
+    async fn trace(self, req: &PreparedRequest, trace: &Trace) {
+        let end = self.clock.t0 + trace.length() + self.clock.timeout;
+        let firsts: Vec<u64> = trace.bursts.iter().map(|b| b.first).collect();
+        self.scheduled(req, &|i| trace.due(i), end, &firsts).await;
+    }
+
+    /// Sends request i when `due(i)` (from the step's start) says, until it says None or
+    /// `end` passes. `firsts`: sorted indexes whose latency is noted in the shared `firsts`.
+    async fn scheduled(
+        mut self,
+        req: &PreparedRequest,
+        due_of: &dyn Fn(u64) -> Option<Duration>,
+        end: Instant,
+        firsts: &[u64],
+    ) {
         while !self.cancelled() {
             let i = self.shared.next.fetch_add(1, Ordering::Relaxed);
-            if i >= total {
+            let Some(offset) = due_of(i) else {
                 break;
-            }
-            let due = self.clock.start + Duration::from_nanos((i as f64 * nanos_apart) as u64);
+            };
+            let due = self.clock.start + offset;
             let mut now = Instant::now();
             if now >= end {
                 break;
@@ -552,6 +612,11 @@ impl Worker {
             self.started += u64::from(due >= self.clock.t0);
             let result = self.send(req, now).await;
             let answered = Instant::now();
+            if let Ok(k) = firsts.binary_search(&i) {
+                let ok = matches!(result, Ok(s) if s < 400);
+                self.shared.firsts.lock().expect("firsts lock")[k] =
+                    ok.then(|| micros(answered - due));
+            }
             self.record(due < self.clock.t0, due, now, answered, result);
         }
         self.finish();

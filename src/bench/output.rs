@@ -162,6 +162,7 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "replica_seconds",
     "step_start_s",
     "step_end_s",
+    "step",
 ];
 
 fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError> {
@@ -174,7 +175,7 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
             let (concurrency, rate) = match r.mode {
                 Mode::Closed { concurrency } => (concurrency.to_string(), String::new()),
                 Mode::Open { rate } => (String::new(), fmt_num(rate)),
-                Mode::Cold => (String::new(), String::new()),
+                Mode::Cold | Mode::Trace { .. } => (String::new(), String::new()),
             };
             let rps = row.rps.map_or(String::new(), |v| format!("{v:.1}"));
             let (achieved, late_p50, late, missed) = match (&r.outcome.schedule, !row.measured) {
@@ -240,6 +241,7 @@ fn write_summary(path: &Path, records: &[StepRecord]) -> Result<(), OutputError>
                 rsec,
                 wstart,
                 wend,
+                r.mode.param(),
             ])?;
         }
     }

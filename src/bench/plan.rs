@@ -2,11 +2,13 @@
 //! decoded with the same located diagnostics as function.yaml. No IO beyond reading the file.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use marked_yaml::Node;
 
 use super::load::Stop;
+use super::trace::{self, Phase, Trace};
 use crate::spec::decode::{self, Fields, Reader};
 use crate::spec::{Diagnostic, Diagnostics, SourceFile};
 
@@ -79,6 +81,13 @@ pub enum StepGroup {
     },
     /// Scale the function to zero, time the first request; `samples` times.
     Cold { samples: u32 },
+    /// An open-loop schedule of rates over time (bursts and idle gaps, or a recorded trace).
+    Trace {
+        trace: Arc<Trace>,
+        connections: u32,
+        /// How the plan gave it, for the report (`3 bursts of 5s at 20/s, 8s apart`).
+        shape: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,16 +127,22 @@ pub fn load(path: &Path, display: &Path) -> Result<Plan, PlanError> {
         path: display.to_path_buf(),
         source,
     })?;
-    decode_text(&SourceFile::new(display, text))
+    decode_in(&SourceFile::new(display, text), path.parent())
 }
 
+/// Decodes a plan; trace files are read relative to the current directory.
 pub fn decode_text(file: &SourceFile) -> Result<Plan, PlanError> {
+    decode_in(file, None)
+}
+
+/// Decodes a plan whose trace files are relative to `base` (the plan's folder).
+fn decode_in(file: &SourceFile, base: Option<&Path>) -> Result<Plan, PlanError> {
     let root = decode::parse_document(file).map_err(|d| {
         let mut all = Diagnostics::default();
         all.push(*d);
         PlanError::Invalid(all)
     })?;
-    decode(file, &root).map_err(PlanError::Invalid)
+    decode(file, &root, base).map_err(PlanError::Invalid)
 }
 
 const TOP_KEYS: &[&str] = &["targets", "steps", "timeout", "interval", "threads"];
@@ -135,7 +150,7 @@ const TARGET_KEYS: &[&str] = &[
     "name", "url", "function", "path", "baseline", "method", "headers", "body",
 ];
 
-fn decode(file: &SourceFile, root: &Node) -> Result<Plan, Diagnostics> {
+fn decode(file: &SourceFile, root: &Node, base: Option<&Path>) -> Result<Plan, Diagnostics> {
     let mut r = Reader::new(file);
     let mut plan = Plan {
         targets: Vec::new(),
@@ -164,7 +179,7 @@ fn decode(file: &SourceFile, root: &Node) -> Result<Plan, Diagnostics> {
                 "list the steps, e.g. `- closed: {concurrency: [1, 2, 4], duration: 5s}`",
             ) {
                 for (i, s) in list.iter().enumerate() {
-                    if let Some(s) = step(&mut r, s, &format!("steps[{i}]")) {
+                    if let Some(s) = step(&mut r, s, &format!("steps[{i}]"), base) {
                         plan.steps.push(s);
                     }
                 }
@@ -353,15 +368,15 @@ fn baselines(r: &mut Reader, node: &Node, path: &str) -> Option<Baselines> {
     }
 }
 
-fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
-    let outer = r.mapping(node, path, &["closed", "open", "cold"])?;
+fn step(r: &mut Reader, node: &Node, path: &str, base: Option<&Path>) -> Option<StepGroup> {
+    let outer = r.mapping(node, path, &["closed", "open", "cold", "trace"])?;
     let mut entries = outer.entries();
     let (key, body) = entries.next()?;
     if entries.next().is_some() {
         r.error_at(
             outer.loc(),
             path,
-            "a step has exactly one mode: closed, open or cold",
+            "a step has exactly one mode: closed, open, cold or trace",
             "write each mode as its own `- closed: ...` item",
         );
         return None;
@@ -388,9 +403,7 @@ fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
                 (Some(n), None) => {
                     Stop::Requests(u64::from(r.uint(n, &f.path_of("requests"), 1, u32::MAX)?))
                 }
-                (None, Some(n)) => {
-                    Stop::Duration(r.duration(n, &f.path_of("duration"), false, "5s")?)
-                }
+                (None, Some(n)) => Stop::Duration(step_length(r, n, &f.path_of("duration"))?),
                 (None, None) => Stop::Duration(Duration::from_secs(5)),
             };
             let warmup = warmup(r, &f)?;
@@ -404,7 +417,7 @@ fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
             let f = r.mapping(body, &path, &["rate", "duration", "connections", "warmup"])?;
             let rates = numbers(r, &f, "rate", 1, 10_000_000)?;
             let duration = match f.get("duration") {
-                Some(n) => r.duration(n, &f.path_of("duration"), false, "5s")?,
+                Some(n) => step_length(r, n, &f.path_of("duration"))?,
                 None => Duration::from_secs(5),
             };
             let connections = match f.get("connections") {
@@ -419,6 +432,7 @@ fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
                 warmup,
             })
         }
+        "trace" => trace_step(r, body, &path, base),
         _ => {
             let f = r.mapping(body, &path, &["samples"])?;
             let samples = match f.get("samples") {
@@ -428,6 +442,198 @@ fn step(r: &mut Reader, node: &Node, path: &str) -> Option<StepGroup> {
             Some(StepGroup::Cold { samples })
         }
     }
+}
+
+/// A step's duration: above zero, an hour at most.
+fn step_length(r: &mut Reader, n: &Node, path: &str) -> Option<Duration> {
+    let d = r.duration(n, path, false, "5s")?;
+    if d > trace::MAX_LENGTH {
+        r.error(
+            n,
+            path,
+            format!(
+                "a step runs for an hour at most, not {}",
+                crate::spec::values::format_duration(d)
+            ),
+            "split it into several steps, or shorten it",
+        );
+        return None;
+    }
+    Some(d)
+}
+
+const TRACE_KEYS: &[&str] = &[
+    "rate",
+    "burst",
+    "gap",
+    "bursts",
+    "phases",
+    "repeat",
+    "file",
+    "connections",
+];
+
+/// `trace: {rate: 50, burst: 30s, gap: 2m, bursts: 3}`, `trace: {phases: [{rate: 50, for:
+/// 30s}, {rate: 0, for: 2m}], repeat: 3}` or `trace: {file: trace.csv}`.
+fn trace_step(r: &mut Reader, body: &Node, path: &str, base: Option<&Path>) -> Option<StepGroup> {
+    let f = r.mapping(body, path, TRACE_KEYS)?;
+    let connections = match f.get("connections") {
+        Some(n) => r.uint(n, &f.path_of("connections"), 1, 100_000)?,
+        None => defaults::CONNECTIONS,
+    };
+    let given: Vec<&str> = ["rate", "phases", "file"]
+        .into_iter()
+        .filter(|k| f.get(k).is_some())
+        .collect();
+    if given.len() != 1 {
+        r.error_at(
+            f.loc(),
+            path,
+            "a trace is given by bursts (`rate`, `burst`, `gap`, `bursts`), by `phases`, or by a recorded `file`: exactly one of them",
+            "e.g. `trace: {rate: 50, burst: 30s, gap: 2m, bursts: 3}`",
+        );
+        return None;
+    }
+    let (trace, shape) = match given[0] {
+        "rate" => {
+            let rate = r.uint(f.get("rate")?, &f.path_of("rate"), 1, 10_000_000)?;
+            let burst = match f.get("burst") {
+                Some(n) => step_length(r, n, &f.path_of("burst"))?,
+                None => Duration::from_secs(30),
+            };
+            let gap = match f.get("gap") {
+                Some(n) => step_length(r, n, &f.path_of("gap"))?,
+                None => Duration::from_secs(120),
+            };
+            let bursts = match f.get("bursts") {
+                Some(n) => r.uint(n, &f.path_of("bursts"), 1, 1000)?,
+                None => 3,
+            };
+            let mut phases = Vec::new();
+            for i in 0..bursts {
+                if i > 0 {
+                    phases.push(Phase {
+                        rate: 0.0,
+                        length: gap,
+                    });
+                }
+                phases.push(Phase {
+                    rate: f64::from(rate),
+                    length: burst,
+                });
+            }
+            let fmt = crate::spec::values::format_duration;
+            (
+                Trace::from_phases(&phases),
+                format!(
+                    "{bursts} bursts of {} at {rate}/s, {} of silence between them",
+                    fmt(burst),
+                    fmt(gap)
+                ),
+            )
+        }
+        "phases" => {
+            let n = f.get("phases")?;
+            let list = r.sequence(
+                n,
+                &f.path_of("phases"),
+                "e.g. `phases: [{rate: 50, for: 30s}, {rate: 0, for: 2m}]`",
+            )?;
+            let mut phases = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                let at = format!("{}[{i}]", f.path_of("phases"));
+                let Some(pf) = r.mapping(p, &at, &["rate", "for"]) else {
+                    continue;
+                };
+                let rate = match pf.get("rate") {
+                    Some(n) => r.uint(n, &pf.path_of("rate"), 0, 10_000_000),
+                    None => {
+                        r.error_at(
+                            pf.loc(),
+                            &at,
+                            "a phase needs a `rate` (0: silence)",
+                            "e.g. `{rate: 50, for: 30s}`",
+                        );
+                        None
+                    }
+                };
+                let length = match pf.get("for") {
+                    Some(n) => step_length(r, n, &pf.path_of("for")),
+                    None => {
+                        r.error_at(
+                            pf.loc(),
+                            &at,
+                            "a phase needs a length, `for`",
+                            "e.g. `{rate: 50, for: 30s}`",
+                        );
+                        None
+                    }
+                };
+                if let (Some(rate), Some(length)) = (rate, length) {
+                    phases.push(Phase {
+                        rate: f64::from(rate),
+                        length,
+                    });
+                }
+            }
+            let repeat = match f.get("repeat") {
+                Some(n) => r.uint(n, &f.path_of("repeat"), 1, 1000)?,
+                None => 1,
+            };
+            let all: Vec<Phase> = (0..repeat).flat_map(|_| phases.iter().copied()).collect();
+            let trace = Trace::from_phases(&all);
+            if trace.total() == 0 && list.len() == phases.len() {
+                r.error(
+                    n,
+                    &f.path_of("phases"),
+                    "the phases send no request",
+                    "give one phase a rate above zero",
+                );
+                return None;
+            }
+            (trace, format!("{} phases, {repeat} time(s)", phases.len()))
+        }
+        _ => {
+            let n = f.get("file")?;
+            let name = r.string(n, &f.path_of("file"), "quote it")?;
+            let full = match base {
+                Some(b) => b.join(&name),
+                None => Path::new(&name).to_path_buf(),
+            };
+            match trace::load(&full, Path::new(&name)) {
+                Ok(t) => (t, format!("recorded trace {name}")),
+                Err(d) => {
+                    r.diags.extend(d);
+                    return None;
+                }
+            }
+        }
+    };
+    if trace.length() > trace::MAX_LENGTH {
+        r.error_at(
+            f.loc(),
+            path,
+            format!(
+                "the trace runs for {}; a step runs for an hour at most",
+                crate::spec::values::format_duration(trace.length())
+            ),
+            "fewer bursts, or shorter ones",
+        );
+        return None;
+    }
+    if f.get("repeat").is_some() && given[0] != "phases" {
+        r.error_at(
+            f.loc(),
+            path,
+            "`repeat` goes with `phases`",
+            "for bursts, give `bursts: N`",
+        );
+    }
+    Some(StepGroup::Trace {
+        trace: Arc::new(trace),
+        connections,
+        shape,
+    })
 }
 
 fn warmup(r: &mut Reader, f: &Fields) -> Option<Duration> {

@@ -99,6 +99,7 @@ pub fn html(run: &RunResult) -> String {
         page.push_str("</ul>\n");
     }
     timeline_section(&mut page, run, &pal);
+    trace_section(&mut page, run, &pal);
     closed_section(&mut page, &run.records, &pal);
     ratio_section(&mut page, &run.records);
     cost_section(&mut page, run);
@@ -555,4 +556,63 @@ fn timeline_section(page: &mut String, run: &RunResult, pal: &Palette) {
         );
     }
     page.push_str("</table>\n<p class=\"note\">The two baseline targets share one baseline replica. CPU seconds: user and system time of the replica processes, from the process table (local platform only).</p>\n");
+}
+
+/// Trace steps: latency per interval over the run, and what each burst's first request
+/// paid (the cold start, for the serverless target).
+fn trace_section(page: &mut String, run: &RunResult, pal: &Palette) {
+    let traces: Vec<&StepRecord> = run
+        .records
+        .iter()
+        .filter(|r| matches!(r.mode, Mode::Trace { .. }))
+        .collect();
+    if traces.is_empty() {
+        return;
+    }
+    page.push_str("<h2>Trace: bursts and silences</h2>\n<p class=\"note\">Requests due on the trace's schedule (open loop, latency from the due time). The serverless side falls to zero replicas in silences longer than its scale.idle and pays a cold start at the next burst's first request; the baseline holds its replica throughout. Replicas over time are in the chart above.</p>\n<div class=\"charts\">\n");
+    let series: Vec<Series> = traces
+        .iter()
+        .map(|r| {
+            let at = r.window.0.as_secs_f64();
+            (
+                format!("{} p99", r.target),
+                r.intervals
+                    .iter()
+                    .map(|i| (at + i.0, i.2.max(0.001)))
+                    .collect(),
+            )
+        })
+        .collect();
+    let max_t = traces
+        .iter()
+        .map(|r| r.window.1.as_secs_f64())
+        .fold(1.0, f64::max);
+    let min_t = traces
+        .iter()
+        .map(|r| r.window.0.as_secs_f64())
+        .fold(max_t, f64::min);
+    page.push_str(&chart(
+        "p99 latency per interval",
+        "seconds since the run began",
+        "ms",
+        min_t..max_t,
+        y_log_range(&series).log_scale(),
+        &series,
+        pal,
+    ));
+    page.push_str("</div>\n<table><tr><th>target</th><th>step</th><th>burst</th><th>starts at s</th><th>first request ms</th></tr>\n");
+    for r in &traces {
+        for (i, (start, first)) in r.outcome.bursts.iter().enumerate() {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                esc(&r.target),
+                r.mode.param(),
+                i + 1,
+                r.window.0.as_secs_f64() + start.as_secs_f64(),
+                first.map_or("failed".into(), |us| format!("{:.3}", us as f64 / 1000.0)),
+            );
+        }
+    }
+    page.push_str("</table>\n");
 }
