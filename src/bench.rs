@@ -5,6 +5,7 @@
 //! and report.rs. It prints nothing: the CLI layer implements [`Ui`].
 
 mod cold;
+pub mod compare;
 pub mod conclusion;
 mod gateway;
 pub mod hist;
@@ -31,13 +32,13 @@ use plan::{Plan, StepGroup};
 /// Why a bench run could not start or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("target {target}: {source}")]
+    #[error("target {target}")]
     Request {
         target: String,
         #[source]
         source: http::RequestError,
     },
-    #[error("cannot reach target {target} at {url}: {source}; is it running?")]
+    #[error("cannot reach target {target} at {url} (is it running?)")]
     Unreachable {
         target: String,
         url: String,

@@ -133,7 +133,6 @@ pub enum Command {
         gateway: GatewayArgs,
     },
     /// Async calls: list them, show one, redrive a dead one, purge one.
-    #[command(args_conflicts_with_subcommands = true)]
     Calls {
         #[command(subcommand)]
         action: Option<CallsAction>,
@@ -246,6 +245,8 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("adhoc").args(["url", "async_function", "queue"])))]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// The plan to run (default: bench/plan.yaml in the repo).
     #[arg(conflicts_with = "url")]
     pub plan: Option<PathBuf>,
@@ -294,6 +295,15 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+/// What `cubeflash bench` does besides running a plan.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Two runs side by side: the same tables, with the ratio B/A per step (a change to a
+    /// function or the gateway, before and after). RUN: a run folder, or its name under
+    /// bench/results (`latest` works).
+    Compare { a: PathBuf, b: PathBuf },
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

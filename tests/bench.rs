@@ -707,3 +707,68 @@ fn bad_traces_get_located_errors_and_nothing_runs() {
     assert!(err.contains("nothing was run"), "{err}");
     assert!(!tmp.path().join("results").exists(), "nothing written");
 }
+
+#[test]
+fn compare_shows_ratios_of_one_for_a_run_with_itself_and_the_change_between_two() {
+    let fast = TestServer::start(Arc::new(|_| (200, Duration::from_millis(5))));
+    let slow = TestServer::start(Arc::new(|_| (200, Duration::from_millis(20))));
+    let out = tempfile::tempdir().unwrap();
+    let results = out.path().join("results");
+    let mut runs = Vec::new();
+    for server in [&fast, &slow] {
+        let o = cubeflash(
+            out.path(),
+            &[
+                "bench",
+                "--out",
+                results.to_str().unwrap(),
+                "--url",
+                &server.url("/"),
+                "-c",
+                "2",
+                "-n",
+                "100",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        runs.push(std::fs::canonicalize(results.join("latest")).unwrap());
+        std::thread::sleep(Duration::from_millis(1100)); // run folders are named by the second
+    }
+    let compare = |a: &Path, b: &Path| {
+        cubeflash(
+            out.path(),
+            &[
+                "bench",
+                "--out",
+                results.to_str().unwrap(),
+                "compare",
+                a.to_str().unwrap(),
+                b.to_str().unwrap(),
+            ],
+        )
+    };
+    let same = compare(&runs[0], &runs[0]);
+    assert!(same.status.success(), "{}", text(&same.stderr));
+    let table = text(&same.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("url "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(line.matches(" 1.00").count(), 3, "{line}");
+    let change = compare(&runs[0], &runs[1]);
+    assert!(change.status.success(), "{}", text(&change.stderr));
+    let table = text(&change.stdout);
+    let line = table.lines().find(|l| l.starts_with("url ")).unwrap();
+    let ratios: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|c| c.parse::<f64>().ok())
+        .collect();
+    // A p50, B p50, B/A: a 20 ms server against a 5 ms one, about 4x slower.
+    assert!((3.0..4.5).contains(&ratios[2]), "{line}");
+    let page = table.lines().last().unwrap().trim_start_matches("report: ");
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("<table") && html.contains("B/A"), "{html}");
+    let missing = compare(&runs[0], Path::new("no-such-run"));
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("no bench run at no-such-run"));
+}

@@ -89,7 +89,7 @@ pub fn conclude(run: &RunResult) -> Vec<String> {
                 if let Some(g) = find(run, &via, mode) {
                     let (gp50, _, _) = figures(g);
                     line.push_str(&format!(
-                        "; of the p50 difference, the gateway hop is {:.3} ms ({via} p50 {gp50:.3} ms) and scale-to-zero serving {:.3} ms",
+                        "; of the p50 difference, the gateway hop is {:.3} ms ({via} p50 {gp50:.3} ms) and the serverless side's own share (its replicas, which scale) {:.3} ms",
                         gp50 - bp50,
                         ap50 - gp50
                     ));

@@ -23,7 +23,7 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-type Series = (String, Vec<(f64, f64)>);
+pub(super) type Series = (String, Vec<(f64, f64)>);
 
 /// One colour per target, the same in every chart: a series is named after its target
 /// (`random-quote p99`, `random-quote-baseline corrected`) and takes that target's colour.
@@ -32,6 +32,11 @@ pub struct Palette {
 }
 
 impl Palette {
+    /// A palette over these series prefixes, in this order.
+    pub(super) fn over(targets: Vec<String>) -> Self {
+        Self { targets }
+    }
+
     fn of(run: &RunResult) -> Self {
         let mut targets: Vec<String> = Vec::new();
         for r in &run.records {
@@ -72,7 +77,7 @@ pub fn write(run: &RunResult) -> std::io::Result<()> {
     std::fs::write(run.dir.join(REPORT_FILE), html(run))
 }
 
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -395,7 +400,7 @@ fn distribution_chart(title: &str, series: &[Series], pal: &Palette) -> String {
     )
 }
 
-fn y_log_range(series: &[Series]) -> std::ops::Range<f64> {
+pub(super) fn y_log_range(series: &[Series]) -> std::ops::Range<f64> {
     let ys = || series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
     let lo = ys().fold(f64::INFINITY, f64::min);
     let hi = ys().fold(0.0, f64::max);
@@ -419,7 +424,7 @@ fn tick(v: f64) -> String {
 }
 
 /// One line chart as an inline SVG element.
-fn chart<X, Y>(
+pub(super) fn chart<X, Y>(
     title: &str,
     x_label: &str,
     y_label: &str,
@@ -458,8 +463,11 @@ where
                 .draw()?;
             for (name, pts) in series {
                 let color = pal.color(name);
-                // The second figure of a target (p99, uncorrected): dashed, in its colour.
-                let dashed = name.ends_with(" p99") || name.ends_with(" uncorrected");
+                // The second figure of a target (p99, uncorrected, run B of a comparison): dashed,
+                // in its colour.
+                let dashed = name.ends_with(" p99")
+                    || name.ends_with(" uncorrected")
+                    || name.ends_with(" B");
                 let style = color.stroke_width(2);
                 let drawn = if dashed {
                     c.draw_series(DashedLineSeries::new(pts.iter().copied(), 6, 4, style))?

@@ -28,12 +28,18 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
             .ok()
             .and_then(|cwd| spec::find_root(&cwd)),
     };
-    let plan = build_plan(&args, root.as_deref())?;
     let results = match (&args.out, &root) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.join("bench/results"),
         (None, None) => PathBuf::from("bench/results"),
     };
+    if let Some(crate::cli::BenchCommand::Compare { a, b }) = &args.command {
+        let c = engine::compare::compare(&results, a, b)?;
+        out.write_all(c.table.as_bytes())?;
+        writeln!(out, "report: {}", c.page.display())?;
+        return Ok(Outcome::Success);
+    }
+    let plan = build_plan(&args, root.as_deref())?;
     platform::raise_fd_limit();
     let rt = runtime()?;
     let mut started_platform = false;
