@@ -170,6 +170,32 @@ pub fn conclude(run: &RunResult) -> Vec<String> {
             }
         }
     }
+    for r in &run.records {
+        for row in r.rows() {
+            let f = hist::figures(row.latency);
+            let errors = row.errors.total();
+            if errors > 0 {
+                lines.push(format!(
+                    "  note: {} {} {}: {errors} errors ({}), counted apart from the latencies",
+                    r.target,
+                    row.mode,
+                    r.mode.param(),
+                    row.errors.describe()
+                ));
+            }
+            // 1 s is the first TCP retransmit: a SYN dropped by a full listen backlog.
+            if f.max >= 1000.0 && f.p50 < 200.0 && r.mode != Mode::Cold {
+                lines.push(format!(
+                    "  note: {} {} {}: max {:.3} ms against p50 {:.3} ms, a retransmit-sized latency (a dropped connection or SYN, e.g. a full listen backlog)",
+                    r.target,
+                    row.mode,
+                    r.mode.param(),
+                    f.max,
+                    f.p50
+                ));
+            }
+        }
+    }
     lines
 }
 

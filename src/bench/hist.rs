@@ -52,14 +52,14 @@ pub fn figures(h: &Latency) -> Figures {
     if h.is_empty() {
         return Figures::default();
     }
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / SCALE_TO_MS;
+    let ms = |percent: f64| value_at_percentile(h, percent) as f64 / SCALE_TO_MS;
     Figures {
         count: h.len(),
         mean: h.mean() / SCALE_TO_MS,
-        p50: ms(0.5),
-        p90: ms(0.9),
-        p99: ms(0.99),
-        p999: ms(0.999),
+        p50: ms(50.0),
+        p90: ms(90.0),
+        p99: ms(99.0),
+        p999: ms(99.9),
         max: h.max() as f64 / SCALE_TO_MS,
     }
 }
@@ -196,6 +196,24 @@ fn java_percentiles(h: &Latency, ticks: u32) -> Vec<(u64, f64, u64)> {
     out
 }
 
+/// The value at `percent`, chosen as the .hgrm rows choose theirs (the first bucket whose
+/// running count reaches `percent` of the total, its highest equivalent value), so that
+/// summary.csv's p50 and p90 equal the .hgrm's 50% and 90% rows.
+pub fn value_at_percentile(h: &Latency, percent: f64) -> u64 {
+    let total = h.len();
+    if total == 0 {
+        return 0;
+    }
+    let mut running = 0u64;
+    for v in h.iter_recorded() {
+        running += v.count_at_value();
+        if (100.0 * running as f64) / total as f64 >= percent {
+            return v.value_iterated_to();
+        }
+    }
+    h.max()
+}
+
 /// Java's `getMean` and `getStdDeviation`: bucket midpoints, summed, then divided.
 fn java_mean_stdev(h: &Latency) -> (f64, f64) {
     let total = h.len();
@@ -236,6 +254,36 @@ pub fn percentile_points(h: &Latency) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_percentiles_equal_the_hgrm_rows_even_on_bucket_boundaries() {
+        // 200 samples, half at 1 ms and half at 2 ms: the 50% level falls exactly on the
+        // running count of the first bucket, where a float quantile can pick the next one.
+        for (low, high, n) in [(1000u64, 2000u64, 100u64), (150, 900, 7), (3, 70_000, 1000)] {
+            let mut h = new();
+            for _ in 0..n {
+                record(&mut h, low);
+                record(&mut h, high);
+            }
+            let text = hgrm(&h);
+            let rows = text.lines().skip(2).take_while(|l| !l.starts_with('#'));
+            let mut checked = 0;
+            for l in rows {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                let level: f64 = cells[1].parse().unwrap();
+                let ours = value_at_percentile(&h, level * 100.0) as f64 / SCALE_TO_MS;
+                assert_eq!(
+                    format!("{ours:.3}"),
+                    cells[0],
+                    "{low}/{high} at {level}: {l}"
+                );
+                checked += 1;
+            }
+            assert!(checked >= 3, "{text}");
+            let f = figures(&h);
+            assert_eq!(f.p50, value_at_percentile(&h, 50.0) as f64 / SCALE_TO_MS);
+        }
+    }
 
     #[test]
     fn hgrm_has_the_java_layout() {
