@@ -598,8 +598,12 @@ fn async_and_queue_modes_time_calls_and_messages_through_a_function() {
 #[test]
 fn a_trace_shows_serverless_falling_to_zero_in_the_gaps_and_a_cold_start_per_burst() {
     common::need("python3");
+    let project = format!(
+        "namespace: demo\ngateway: {{ port: {} }}\n",
+        common::free_port()
+    );
     let repo = common::temp_tree(&[
-        ("cubeflash.yaml", "namespace: demo\n"),
+        ("cubeflash.yaml", project.as_str()),
         (
             "functions/fast/function.yaml",
             "name: fast\nruntime: python\nhandler: handler.py\nscale: {min: 0, max: 2, idle: 2s}\nbaseline: {replicas: 1}\n",
@@ -654,13 +658,7 @@ fn a_trace_shows_serverless_falling_to_zero_in_the_gaps_and_a_cold_start_per_bur
     assert!(!in_gap.is_empty(), "{samples:?}");
     assert!(in_gap.iter().all(|(_, n, _)| *n == 0), "{in_gap:?}");
     let colds = |from: f64, to: f64| {
-        let at = |t: f64| {
-            samples
-                .iter()
-                .filter(|s| s.0 <= t)
-                .last()
-                .map_or(0, |s| s.2)
-        };
+        let at = |t: f64| samples.iter().rfind(|s| s.0 <= t).map_or(0, |s| s.2);
         at(to) - at(from)
     };
     assert_eq!(colds(start - 0.5, num(&s, "step_end_s")), 2, "{samples:?}");

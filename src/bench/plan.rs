@@ -848,7 +848,7 @@ mod tests {
         let end = start + howto[start..].find("```").unwrap();
         let p = plan(&howto[start..end]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.targets.len(), 2);
-        assert_eq!(p.steps.len(), 3);
+        assert_eq!(p.steps.len(), 4);
         assert_eq!(p.threads, Some(2));
         let repo = plan(include_str!("../../bench/plan.yaml")).unwrap_or_else(|e| panic!("{e}"));
         assert!(repo.uses_functions());

@@ -128,7 +128,7 @@ pub fn resources(
     to: Duration,
 ) -> Option<Resources> {
     let mine = || samples.iter().filter(|s| s.function == index);
-    let before = mine().filter(|s| s.at < from).last();
+    let before = mine().rfind(|s| s.at < from);
     let inside: Vec<&Sample> = mine().filter(|s| s.at >= from && s.at <= to).collect();
     let pick = |s: &Sample| match side {
         Side::Serverless => (s.serverless, s.serverless_cpu),

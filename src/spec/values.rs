@@ -359,6 +359,27 @@ pub fn check_image(image: &str) -> Result<(), String> {
     }
 }
 
+/// A duration as function.yaml writes them: `500ms`, `30s`, `2m`, `1h30m`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) || ms == 0 {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,25 +466,4 @@ mod tests {
         assert!(check_image("python:latest").is_err());
         assert!(check_image("x@sha256:abc").is_ok());
     }
-}
-
-/// A duration as function.yaml writes them: `500ms`, `30s`, `2m`, `1h30m`.
-pub fn format_duration(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
-        return format!("{ms}ms");
-    }
-    let secs = ms / 1000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }
