@@ -47,6 +47,9 @@ struct Figures {
 /// (target, mode, step) → figures, in the run's order.
 type Steps = Vec<((String, String, String), Figures)>;
 
+/// Column widths of the printed table.
+const WIDTHS: [usize; 11] = [28, 24, 9, 9, 6, 9, 9, 6, 9, 9, 6];
+
 pub struct Comparison {
     pub table: String,
     pub page: PathBuf,
@@ -150,39 +153,32 @@ pub fn compare(results: &Path, a: &Path, b: &Path) -> Result<Comparison, Compare
             (Some(x), Some(y)) => ratio(x, y),
             _ => "-".into(),
         };
-        let _ = writeln!(
-            table,
-            "{:<28} {:<24} {:>9.3} {:>9.3} {:>6} {:>9.3} {:>9.3} {:>6} {:>9} {:>9} {:>6}",
-            key.0,
+        let cells = [
+            key.0.clone(),
             format!("{} {}", key.1, key.2),
-            fa.p50,
-            fb.p50,
+            format!("{:.3}", fa.p50),
+            format!("{:.3}", fb.p50),
             ratio(fa.p50, fb.p50),
-            fa.p99,
-            fb.p99,
-            ratio(fa.p99, fb.p99),
-            rps(fa),
-            rps(fb),
-            rps_ratio
-        );
-        let _ = writeln!(
-            rows,
-            "<tr><td>{}</td><td>{} {}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td></tr>",
-            report::esc(&key.0),
-            key.1,
-            key.2,
-            fa.p50,
-            fb.p50,
-            ratio(fa.p50, fb.p50),
-            fa.p99,
-            fb.p99,
+            format!("{:.3}", fa.p99),
+            format!("{:.3}", fb.p99),
             ratio(fa.p99, fb.p99),
             rps(fa),
             rps(fb),
             rps_ratio,
-            fa.errors,
-            fb.errors
-        );
+        ];
+        for (k, (cell, width)) in cells.iter().zip(WIDTHS).enumerate() {
+            let _ = match k {
+                0 | 1 => write!(table, "{cell:<width$} "),
+                _ => write!(table, "{cell:>width$} "),
+            };
+        }
+        table.truncate(table.trim_end().len());
+        table.push('\n');
+        rows.push_str("<tr>");
+        for cell in &cells {
+            let _ = write!(rows, "<td>{}</td>", report::esc(cell));
+        }
+        let _ = writeln!(rows, "<td>{} / {}</td></tr>", fa.errors, fb.errors);
     }
     if shared == 0 {
         return Err(CompareError::Disjoint);

@@ -214,26 +214,21 @@ fn trace_line(run: &RunResult, s: &StepRecord, base: &str) -> String {
         .iter()
         .find(|r| r.target == base && r.mode == s.mode);
     let held = |r: &StepRecord| r.resources.map(|h| (h.replica_seconds, h.replicas_min));
-    let firsts: Vec<String> = s
-        .outcome
-        .bursts
-        .iter()
-        .map(|(_, f)| f.map_or("failed".into(), |us| format!("{:.3}", us as f64 / 1000.0)))
-        .collect();
+    let firsts = |r: &StepRecord| -> Vec<String> {
+        r.outcome
+            .bursts
+            .iter()
+            .map(|(_, f)| f.map_or("failed".into(), |us| format!("{:.3}", us as f64 / 1000.0)))
+            .collect()
+    };
     let mut line = format!(
         "  trace ({} {}): the first request of each burst took {} ms",
         s.mode.name(),
         s.mode.param(),
-        firsts.join(", ")
+        firsts(s).join(", ")
     );
     if let Some(b) = b {
-        let bf: Vec<String> = b
-            .outcome
-            .bursts
-            .iter()
-            .map(|(_, f)| f.map_or("failed".into(), |us| format!("{:.3}", us as f64 / 1000.0)))
-            .collect();
-        line.push_str(&format!(" (baseline: {})", bf.join(", ")));
+        line.push_str(&format!(" (baseline: {})", firsts(b).join(", ")));
         if let (Some((sh, smin)), Some((bh, _))) = (held(s), held(b)) {
             line.push_str(&format!(
                 "; over the trace serverless held {sh:.1} replica-seconds against the baseline's {bh:.1} ({}%)",
