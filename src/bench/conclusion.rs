@@ -150,10 +150,17 @@ pub fn conclude(run: &RunResult) -> Vec<String> {
                     .iter()
                     .filter(|r| r.target == s.target)
                     .filter_map(|r| r.resources.map(|h| (h.replicas_max, r)))
-                    .max_by_key(|(n, _)| *n);
+                    // The first step that reached the peak, not the last that still held it.
+                    .fold(
+                        None,
+                        |best: Option<(u32, &StepRecord)>, (n, r)| match best {
+                            Some((m, _)) if m >= n => best,
+                            _ => Some((n, r)),
+                        },
+                    );
                 let why = match peak {
                     Some((n, r)) if n > 1 => format!(
-                        "the autoscaler went up to {n} replicas (at {} {}), where the baseline runs 1; the replicas per step are in summary.csv and the report",
+                        "the autoscaler went up to {n} replicas (first at {} {}), where the baseline runs 1; the replicas per step are in summary.csv and the report",
                         r.mode.name(),
                         r.mode.param()
                     ),
