@@ -334,7 +334,7 @@ impl Gateway {
                 Side::Baseline => self.acquire_baseline(f, deadline).await?,
             };
             let inflight = (side == Side::Serverless).then(|| f.enter());
-            let pool = side.pool(f).clone();
+            let pool = side.pool(f);
             let endpoint = lease.slot.endpoint.clone();
             let checkout = match self.upstreams.checkout(endpoint.addr).await {
                 Ok(c) => c,
