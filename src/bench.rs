@@ -4,6 +4,7 @@
 //! gateway's admin API for cold starts and replica-seconds, and hands results to output.rs
 //! and report.rs. It prints nothing: the CLI layer implements [`Ui`].
 
+pub mod cluster;
 mod cold;
 pub mod compare;
 pub mod conclusion;
@@ -257,6 +258,8 @@ pub struct RunResult {
     pub timeline: Vec<sampler::Sample>,
     /// The computed summary (conclusion.rs), one sentence per line.
     pub conclusion: Vec<String>,
+    /// Where the functions ran and how the gateway was reached, when not on this machine.
+    pub place: Option<String>,
 }
 
 /// Where and how a run happens, besides its plan and targets.
@@ -270,6 +273,8 @@ pub struct Session<'a> {
     pub threads: usize,
     /// Set to stop the run early.
     pub cancel: &'a Arc<AtomicBool>,
+    /// The cluster the functions run in (None: the local platform).
+    pub cluster: Option<&'a Arc<cluster::Cluster>>,
 }
 
 /// Runs every step of the plan against every target, interleaved, and writes the results.
@@ -285,6 +290,7 @@ pub fn run(
         results,
         threads,
         cancel,
+        cluster,
     } = *session;
     let mut dir = output::RunDir::create(results)?;
     let client = gateway.map(|g| g.client());
@@ -295,10 +301,15 @@ pub fn run(
             functions.push(f);
         }
     }
-    let sampler = client
-        .as_ref()
-        .filter(|_| !functions.is_empty())
-        .map(|c| sampler::Sampler::start(rt, c.clone(), functions.clone(), run_start));
+    let sampler = client.as_ref().filter(|_| !functions.is_empty()).map(|c| {
+        sampler::Sampler::start(
+            rt,
+            c.clone(),
+            cluster.cloned(),
+            functions.clone(),
+            run_start,
+        )
+    });
     // Lets the sampler see what a step began with.
     let settle = || std::thread::sleep(sampler::EVERY + Duration::from_millis(20));
     let held = |t: &ResolvedTarget, window: (Duration, Duration)| {
@@ -507,6 +518,12 @@ pub fn run(
         functions,
         timeline,
         conclusion: Vec::new(),
+        place: cluster.map(|c| {
+            format!(
+                "Measured on Kubernetes, namespace {}, the gateway reached {}.",
+                c.namespace, c.via
+            )
+        }),
     };
     let mut run = run;
     run.conclusion = conclusion::conclude(&run);

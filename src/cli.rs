@@ -228,7 +228,7 @@ pub enum Command {
     /// Load-test functions (serverless against their always-on baseline) or any URL, and
     /// write latency histograms, summary.csv and an HTML report under bench/results/.
     #[command(
-        after_help = "Examples:\n  cubeflash bench                       run bench/plan.yaml (starts the local platform if needed)\n  cubeflash bench --url http://127.0.0.1:8080/ -c 64 -z 10s\n  cubeflash bench --url http://127.0.0.1:8080/ --rate 2000 -z 10s -c 32"
+        after_help = "Examples:\n  cubeflash bench                       run bench/plan.yaml (starts the local platform if needed)\n  cubeflash bench --url http://127.0.0.1:8080/ -c 64 -z 10s\n  cubeflash bench --url http://127.0.0.1:8080/ --rate 2000 -z 10s -c 32\n  cubeflash bench --target kubernetes    the plan against the cluster's functions (port-forward to the gateway)\n  cubeflash bench compare latest RUN     two runs side by side"
     )]
     Bench(BenchArgs),
     /// Runs an exec replica's program under the gateway's lifeline (internal).
@@ -295,6 +295,10 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    /// kubernetes: run against the functions in the cluster, through a port-forward to the
+    /// gateway's Service that cubeflash opens (or the address --gateway gives).
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// What `cubeflash bench` does besides running a plan.

@@ -7,6 +7,8 @@ pub const FUNCTION_PORT: u16 = 8080;
 /// The fixed non-root user every cubeflash pod runs as.
 pub const RUN_AS_UID: u32 = 10001;
 pub const GATEWAY_NAME: &str = "cubeflash-gateway";
+/// The Secret holding the gateway's admin token (`token`) and its other keys.
+pub const ADMIN_SECRET: &str = "cubeflash-admin";
 /// The ConfigMap holding the gateway's route table, and its key.
 pub const ROUTES_CONFIGMAP: &str = "cubeflash-routes";
 pub const ROUTES_KEY: &str = "routes.json";

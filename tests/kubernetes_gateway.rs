@@ -639,3 +639,270 @@ fn the_kubernetes_gateway_stores_async_calls_in_jetstream_and_delivers_them() {
         .unwrap();
     assert_eq!(info["asyncStore"], "jetstream", "{info}");
 }
+
+/// A gateway pod for the fake: labelled as the gateway Service selects, ready, its `http`
+/// port 8080; its port-forward reaches `addr` (the local gateway process standing in for it).
+fn gateway_pod(api: &FakeApi, name: &str, ready: bool, addr: Option<std::net::SocketAddr>) {
+    let mut st = api.state.lock().unwrap();
+    let selector =
+        st.objects[&format!("{NS}/services")]["cubeflash-gateway"]["spec"]["selector"].clone();
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "labels": selector},
+        "spec": {"containers": [{"name": "gateway", "image": "cubeflash", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": if ready {
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]})
+        } else {
+            json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]})
+        },
+    });
+    st.objects
+        .entry(format!("{NS}/pods"))
+        .or_default()
+        .insert(name.into(), pod);
+    if let Some(addr) = addr {
+        st.forwards.insert(name.into(), addr);
+    }
+}
+
+/// `cubeflash bench --target kubernetes` of `plan` in `dir`, results under `out`; the admin
+/// token comes from the cluster (CUBEFLASH_ADMIN_TOKEN is removed).
+fn kube_bench(dir: &Path, kubeconfig: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["bench", "--target", "kubernetes", "plan.yaml", "--out"])
+        .arg(out)
+        .args(extra)
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("CUBEFLASH_ADMIN_TOKEN")
+        .env_remove("CUBEFLASH_GATEWAY")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap()
+}
+
+type CsvRow = std::collections::HashMap<String, String>;
+
+fn summary_rows(run: &Path) -> Vec<CsvRow> {
+    let mut r = csv::Reader::from_path(run.join("summary.csv")).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+const KUBE_PLAN: &str = "targets:\n  - function: a\n    baseline: gateway\nsteps:\n  - closed: {concurrency: [2], duration: 1500ms}\n  - cold: {samples: 2}\ntimeout: 5s\n";
+
+#[test]
+fn bench_against_a_cluster_goes_through_a_port_forward_and_reads_replicas_and_cpu_from_the_api() {
+    let api = FakeApi::start();
+    let function = server(200, 2);
+    let baseline = server(200, 1);
+    let dir = deployed(
+        &api,
+        &[(
+            "a",
+            "scale: {idle: 30s}\nbaseline: {replicas: 1}\n",
+            &function.url(""),
+        )],
+    );
+    std::fs::write(dir.path().join("plan.yaml"), KUBE_PLAN).unwrap();
+    let kc = api.kubeconfig(dir.path());
+    {
+        let mut st = api.state.lock().unwrap();
+        let cm = st
+            .objects
+            .get_mut(&format!("{NS}/configmaps"))
+            .unwrap()
+            .get_mut("cubeflash-routes")
+            .unwrap();
+        let routes = cm["data"]["routes.json"]
+            .as_str()
+            .unwrap()
+            .replace("http://a-baseline.demo.svc:8080", &baseline.url(""));
+        cm["data"]["routes.json"] = json!(routes);
+        // The admin token, where the rendered gateway Deployment reads it.
+        st.objects.entry(format!("{NS}/secrets")).or_default().insert(
+            "cubeflash-admin".into(),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cubeflash-admin", "namespace": "demo"},
+                   "data": {"token": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "secret-token")}}),
+        );
+        // metrics-server's view: the baseline pod uses half a core, the function's a quarter.
+        st.metrics = true;
+        let metrics = |pod: &str, component: &str, cpu: &str| {
+            json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+                   "metadata": {"name": pod, "namespace": "demo", "labels": {
+                       "app.kubernetes.io/managed-by": "cubeflash", "cubeflash.io/function": "a",
+                       "app.kubernetes.io/component": component}},
+                   "window": "15s", "containers": [{"name": "function", "usage": {"cpu": cpu, "memory": "20Mi"}}]})
+        };
+        let collection = st
+            .objects
+            .entry("/apis/metrics.k8s.io/v1beta1/namespaces/demo/pods".into())
+            .or_default();
+        collection.insert(
+            "a-baseline-1".into(),
+            metrics("a-baseline-1", "baseline", "500m"),
+        );
+        collection.insert("a-1".into(), metrics("a-1", "function", "250000000n"));
+    }
+    let gw = start_gateway(dir.path(), &kc);
+    let gw_addr: std::net::SocketAddr = gw.url.trim_start_matches("http://").parse().unwrap();
+    // An old pod that is not ready, and the ready one the port-forward must pick.
+    gateway_pod(&api, "cubeflash-gateway-old", false, None);
+    gateway_pod(&api, "cubeflash-gateway-7d9f-x2x4z", true, Some(gw_addr));
+    api.clear_seen();
+
+    let out = dir.path().join("results");
+    let o = kube_bench(dir.path(), &kc, &out, &[]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    assert!(
+        stdout.contains("through a port-forward to pod cubeflash-gateway-7d9f-x2x4z"),
+        "{stdout}"
+    );
+    let seen = api.seen();
+    let forwards = seen
+        .iter()
+        .filter(|s| s.path == format!("{NS}/pods/cubeflash-gateway-7d9f-x2x4z/portforward"))
+        .count();
+    // The probe, the generator's connections, the admin API's.
+    assert!(forwards >= 3, "{forwards} port-forward streams");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path.contains("cubeflash-gateway-old")),
+        "the pod that is not ready was chosen"
+    );
+    // Cold samples scaled a to zero through the gateway's admin API, which patched the scale
+    // subresource.
+    assert!(
+        scale_patches(&api, "a").contains(&json!({"spec": {"replicas": 0}})),
+        "{:?}",
+        scale_patches(&api, "a")
+    );
+    let run = out.join("latest");
+    let rows = summary_rows(&run);
+    let find = |target: &str, mode: &str| {
+        rows.iter()
+            .find(|r| r["target"] == target && r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {target} {mode} row in {rows:?}"))
+    };
+    for target in ["a", "a-baseline-gw"] {
+        for mode in ["closed", "cold"] {
+            let r = find(target, mode);
+            assert_eq!(r["errors"], "0", "{r:?}");
+            assert!(r["requests"].parse::<u64>().unwrap() > 0, "{r:?}");
+        }
+    }
+    assert!(
+        !rows.iter().any(|r| r["target"] == "a-baseline"),
+        "baseline: gateway asks for no direct target"
+    );
+    // Replicas from the Deployments: the baseline's 1 throughout, the function's up under load.
+    let closed = find("a-baseline-gw", "closed");
+    assert_eq!(
+        (
+            closed["replicas_min"].as_str(),
+            closed["replicas_max"].as_str()
+        ),
+        ("1", "1"),
+        "{closed:?}"
+    );
+    assert_eq!(
+        find("a", "closed")["replicas_max"],
+        "1",
+        "{:?}",
+        find("a", "closed")
+    );
+    // CPU from the metrics API: half a core over the step, give or take the sampling.
+    let step = |r: &CsvRow| {
+        r["step_end_s"].parse::<f64>().unwrap() - r["step_start_s"].parse::<f64>().unwrap()
+    };
+    let cpu: f64 = closed["cpu_seconds"]
+        .parse()
+        .unwrap_or_else(|_| panic!("{closed:?}"));
+    assert!(
+        (cpu - 0.5 * step(closed)).abs() <= 0.2,
+        "{cpu} CPU seconds over {} s at 500m",
+        step(closed)
+    );
+    let conclusion = std::fs::read_to_string(run.join("conclusion.txt")).unwrap();
+    assert!(
+        conclusion.contains(
+            "Measured on Kubernetes, namespace demo, the gateway reached through a port-forward"
+        ),
+        "{conclusion}"
+    );
+}
+
+#[test]
+fn bench_against_a_cluster_refuses_before_running_when_it_cannot_reach_the_gateway() {
+    let api = FakeApi::start();
+    let function = server(200, 0);
+    let dir = deployed(
+        &api,
+        &[("a", "baseline: {replicas: 1}\n", &function.url(""))],
+    );
+    std::fs::write(dir.path().join("plan.yaml"), KUBE_PLAN).unwrap();
+    let kc = api.kubeconfig(dir.path());
+    let out = dir.path().join("results");
+    // The rendered Deployment's pod is not ready yet.
+    gateway_pod(&api, "cubeflash-gateway-1", false, None);
+    let o = kube_bench(dir.path(), &kc, &out, &[]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("no ready pod behind Service cubeflash-gateway in namespace demo")
+            && err.contains("kubectl -n demo get pods -l"),
+        "{err}"
+    );
+    // RBAC without pods/portforward.
+    gateway_pod(
+        &api,
+        "cubeflash-gateway-1",
+        true,
+        Some("127.0.0.1:9".parse().unwrap()),
+    );
+    api.state.lock().unwrap().forbid = Some(("CREATE".into(), "pods/portforward".into()));
+    let o = kube_bench(dir.path(), &kc, &out, &[]);
+    let err = text(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("refused to create pods/portforward in namespace demo"),
+        "{err}"
+    );
+    // No admin token anywhere.
+    api.state.lock().unwrap().forbid = None;
+    let o = kube_bench(dir.path(), &kc, &out, &[]);
+    let err = text(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("cubeflash-admin")
+            && err.contains("CUBEFLASH_ADMIN_TOKEN"),
+        "{err}"
+    );
+    // No cluster at all.
+    let home = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["bench", "--target", "kubernetes", "plan.yaml", "--out"])
+        .arg(&out)
+        .current_dir(dir.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no Kubernetes cluster is configured"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing was run, no results written");
+}

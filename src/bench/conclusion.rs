@@ -177,6 +177,9 @@ pub fn conclude(run: &RunResult) -> Vec<String> {
             }
         }
     }
+    if let Some(place) = &run.place {
+        lines.push(format!("  {place}"));
+    }
     for r in &run.records {
         for row in r.rows() {
             let f = hist::figures(row.latency);

@@ -2,12 +2,14 @@
 //! API every [`EVERY`] for each function's ready replicas (serverless and baseline) and reads
 //! the CPU time of the replica processes from the process table (`/proc/PID/stat`, where the
 //! replicas run on this machine). Per-step figures (replicas min/max/mean, CPU seconds) and
-//! the run's timeline are computed from these samples.
+//! the run's timeline are computed from these samples. Against a cluster the replicas come
+//! from the functions' Deployments and the CPU from the metrics API (see cluster.rs).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::cluster::Cluster;
 use crate::gateway::api::FunctionInfo;
 use crate::gateway::client::AdminClient;
 
@@ -61,6 +63,7 @@ impl Sampler {
     pub fn start(
         rt: &tokio::runtime::Runtime,
         client: AdminClient,
+        cluster: Option<Arc<Cluster>>,
         functions: Vec<String>,
         start: Instant,
     ) -> Self {
@@ -68,6 +71,7 @@ impl Sampler {
         let (names, out) = (functions.clone(), samples.clone());
         let task = rt.spawn(async move {
             let mut cpu = CpuMeter::default();
+            let mut cluster_cpu = ClusterCpu::default();
             let mut tick = tokio::time::interval(EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -75,11 +79,27 @@ impl Sampler {
                 let Ok(list) = client.functions().await else {
                     continue;
                 };
+                let ready = match &cluster {
+                    Some(c) => c.ready().await,
+                    None => None,
+                };
                 let at = start.elapsed();
+                if let Some(c) = cluster.as_deref().filter(|_| cluster_cpu.due(at)) {
+                    cluster_cpu.read(at, c.cpu().await);
+                }
                 let mut batch = Vec::new();
                 for (i, name) in names.iter().enumerate() {
                     if let Some(f) = list.iter().find(|f| &f.name == name) {
-                        batch.push(sample(&mut cpu, i, f, at));
+                        let mut s = sample(&mut cpu, i, f, at);
+                        if cluster.is_some() {
+                            if let Some(r) = ready.as_ref().and_then(|r| r.get(name)) {
+                                s.serverless = r.serverless;
+                                s.baseline = r.baseline;
+                            }
+                            s.serverless_cpu = cluster_cpu.total(name, Side::Serverless, at);
+                            s.baseline_cpu = cluster_cpu.total(name, Side::Baseline, at);
+                        }
+                        batch.push(s);
                     }
                 }
                 out.lock().expect("samples lock").extend(batch);
@@ -205,6 +225,53 @@ impl CpuMeter {
     }
 }
 
+/// Cumulative CPU seconds per pool in a cluster: the metrics API gives cores in use (an
+/// average over its own window), read every [`CLUSTER_CPU_EVERY`] and integrated over time;
+/// between reads the last rate goes on.
+/// Cores in use per (function, side), as the metrics API last said.
+type CpuRates = HashMap<(String, Side), f64>;
+
+#[derive(Default)]
+struct ClusterCpu {
+    /// When the metrics were last read, and what they said (None: no metrics API).
+    last: Option<(Duration, Option<CpuRates>)>,
+    total: HashMap<(String, Side), f64>,
+}
+
+/// How often the metrics API is read (metrics-server itself refreshes every 15 s or so).
+const CLUSTER_CPU_EVERY: Duration = Duration::from_secs(1);
+
+impl ClusterCpu {
+    fn due(&self, at: Duration) -> bool {
+        self.last
+            .as_ref()
+            .is_none_or(|(when, _)| at.saturating_sub(*when) >= CLUSTER_CPU_EVERY)
+    }
+
+    fn read(&mut self, at: Duration, usage: Option<CpuRates>) {
+        if let (Some((when, Some(before))), Some(_)) = (&self.last, &usage) {
+            let dt = at.saturating_sub(*when).as_secs_f64();
+            for (pool, cores) in before {
+                *self.total.entry(pool.clone()).or_default() += cores * dt;
+            }
+        }
+        self.last = Some((at, usage));
+    }
+
+    /// CPU seconds `function`'s `side` used up to `at`; None while no metrics API answers.
+    fn total(&self, function: &str, side: Side, at: Duration) -> Option<f64> {
+        let Some((when, Some(rates))) = &self.last else {
+            return None;
+        };
+        let pool = (function.to_string(), side);
+        let since = at.saturating_sub(*when).as_secs_f64();
+        Some(
+            self.total.get(&pool).copied().unwrap_or(0.0)
+                + rates.get(&pool).copied().unwrap_or(0.0) * since,
+        )
+    }
+}
+
 /// User plus system time of a process and of its waited-for children, in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -270,6 +337,24 @@ mod tests {
             (1, 1, None)
         );
         assert!(resources(&samples, 1, Side::Baseline, Duration::ZERO, Duration::MAX).is_none());
+    }
+
+    #[test]
+    fn cluster_cpu_integrates_the_rate_the_metrics_api_gives() {
+        let mut c = ClusterCpu::default();
+        let pool = |f: &str| (f.to_string(), Side::Baseline);
+        assert_eq!(c.total("a", Side::Baseline, Duration::ZERO), None);
+        c.read(Duration::ZERO, Some(HashMap::from([(pool("a"), 0.5)])));
+        let at = |ms| Duration::from_millis(ms);
+        assert_eq!(c.total("a", Side::Baseline, at(500)), Some(0.25));
+        assert!(!c.due(at(500)) && c.due(at(1000)));
+        c.read(at(1000), Some(HashMap::from([(pool("a"), 2.0)])));
+        assert_eq!(c.total("a", Side::Baseline, at(1000)), Some(0.5));
+        assert_eq!(c.total("a", Side::Baseline, at(1500)), Some(1.5));
+        assert_eq!(c.total("b", Side::Baseline, at(1500)), Some(0.0));
+        // The metrics API went away: no figure rather than a wrong one.
+        c.read(at(2000), None);
+        assert_eq!(c.total("a", Side::Baseline, at(2000)), None);
     }
 
     #[test]

@@ -13,11 +13,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::platform::{self, runtime};
 use super::{load, Outcome};
+use crate::bench::cluster::Cluster;
 use crate::bench::hist;
 use crate::bench::load::{Interval, Observer, Progress};
 use crate::bench::plan::{self, AdHoc, Plan};
 use crate::bench::{self as engine, Expected, GatewayHandle, Mode, StepRecord, Ui};
 use crate::cli::BenchArgs;
+use crate::deploy::kubernetes::{self as kube_target, forward, usage};
 use crate::deploy::local as target;
 use crate::spec;
 
@@ -43,8 +45,23 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
     platform::raise_fd_limit();
     let rt = runtime()?;
     let mut started_platform = false;
-    let gateway = if plan.uses_functions() || args.async_function.is_some() || args.queue.is_some()
-    {
+    let needs_gateway =
+        plan.uses_functions() || args.async_function.is_some() || args.queue.is_some();
+    let in_cluster = match (&root, needs_gateway) {
+        (Some(root), true) => super::kubernetes::wants(root, &args.target)?,
+        _ => false,
+    };
+    // Held for the run: dropping it closes the port-forward.
+    let mut cluster: Option<(Arc<Cluster>, Option<forward::PortForward>)> = None;
+    let gateway = if in_cluster {
+        let root = root.as_deref().ok_or(engine::BenchError::NoGateway)?;
+        if args.queue.is_some() {
+            anyhow::bail!("--queue publishes to NATS from this machine, and a cluster's NATS is not reachable from here: run it against the local platform (`--target local`), or from a pod in the cluster");
+        }
+        let (handle, c, forward) = rt.block_on(cluster_gateway(out, root, &args))?;
+        cluster = Some((Arc::new(c), forward));
+        Some(handle)
+    } else if needs_gateway {
         let root = root.as_deref().ok_or(engine::BenchError::NoGateway)?;
         let url = match &args.gateway.gateway {
             Some(u) => u.trim_end_matches('/').to_string(),
@@ -76,8 +93,16 @@ pub fn bench(out: &mut impl Write, dir: Option<PathBuf>, args: BenchArgs) -> Res
             let root = root.as_deref().ok_or(engine::BenchError::NoGateway)?;
             bench_queue(out, &rt, gw, root, function, &results, &args)
         }
-        _ => run(out, &rt, &plan, gateway.as_ref(), &results, &args),
+        _ => run(
+            out,
+            &rt,
+            &plan,
+            (gateway.as_ref(), cluster.as_ref().map(|c| &c.0)),
+            &results,
+            &args,
+        ),
     };
+    drop(cluster);
     if started_platform {
         if let Some(root) = &root {
             rt.block_on(target::stop(root, Duration::from_secs(30)));
@@ -118,7 +143,7 @@ fn bench_async(
         "async accept: POST {}",
         adhoc.url.as_deref().unwrap_or_default()
     )?;
-    let outcome = run(out, rt, &plan, None, results, &adhoc)?;
+    let outcome = run(out, rt, &plan, (None, None), results, &adhoc)?;
     writeln!(out, "following the accepted calls to the end...")?;
     out.flush()?;
     let figures = rt.block_on(engine::triggers::follow_calls(
@@ -283,11 +308,60 @@ fn build_plan(args: &BenchArgs, root: Option<&Path>) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The gateway in the cluster: its admin token (CUBEFLASH_ADMIN_TOKEN, else its Secret) and
+/// its address (--gateway, else a port-forward to its Service opened here).
+async fn cluster_gateway(
+    out: &mut impl Write,
+    root: &Path,
+    args: &BenchArgs,
+) -> Result<(GatewayHandle, Cluster, Option<forward::PortForward>)> {
+    let namespace = load(root)?.project.namespace;
+    let (client, api_url) = kube_target::connect(args.target.context.as_deref()).await?;
+    let (url, via, forward) = match &args.gateway.gateway {
+        Some(u) => {
+            let u = u.trim_end_matches('/').to_string();
+            let via = format!("at {u}");
+            (u, via, None)
+        }
+        None => {
+            let f = forward::forward_service(
+                client.clone(),
+                &api_url,
+                &namespace,
+                crate::names::GATEWAY_NAME,
+            )
+            .await?;
+            let via = format!(
+                "through a port-forward to pod {} (each connection tunnels through the API server, which bounds throughput and adds latency; `--gateway URL` measures a LoadBalancer or Ingress address instead)",
+                f.pod
+            );
+            (format!("http://{}", f.local), via, Some(f))
+        }
+    };
+    let token = match std::env::var("CUBEFLASH_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => usage::admin_token(client.clone(), &api_url, &namespace)
+            .await
+            .context("failed to read the gateway's admin token (CUBEFLASH_ADMIN_TOKEN, when set, is used instead)")?,
+    };
+    writeln!(
+        out,
+        "Kubernetes: {api_url}, namespace {namespace}; the gateway {via}"
+    )?;
+    let cluster = Cluster {
+        client,
+        url: api_url,
+        namespace,
+        via,
+    };
+    Ok((GatewayHandle { url, token }, cluster, forward))
+}
+
 fn run(
     out: &mut impl Write,
     rt: &tokio::runtime::Runtime,
     plan: &Plan,
-    gateway: Option<&GatewayHandle>,
+    (gateway, cluster): (Option<&GatewayHandle>, Option<&Arc<Cluster>>),
     results: &Path,
     args: &BenchArgs,
 ) -> Result<Outcome> {
@@ -322,6 +396,7 @@ fn run(
         results,
         threads,
         cancel: &cancel,
+        cluster,
     };
     let run = engine::run(&session, plan, &targets, &mut ui)?;
     drop(ui);

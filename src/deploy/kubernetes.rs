@@ -4,7 +4,9 @@
 //! rollouts with kube-runtime's conditions, and deletes, lists and describes functions.
 //! Progress goes to a callback; nothing here prints.
 
+pub mod forward;
 pub mod manifests;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -78,6 +80,23 @@ pub enum KubeError {
     NoSuchFunction { name: String, namespace: String },
     #[error(transparent)]
     Manifests(#[from] manifests::ManifestError),
+    #[error("no Service {service} in namespace {namespace}: deploy first (`cubeflash deploy --target kubernetes`), or check cubeflash.yaml's namespace and the --context")]
+    NoService { service: String, namespace: String },
+    #[error("no ready pod behind Service {service} in namespace {namespace} (selector {selector}): see `kubectl -n {namespace} get pods -l {selector}` and `kubectl -n {namespace} describe deployment {service}`")]
+    NoReadyPod {
+        service: String,
+        namespace: String,
+        selector: String,
+    },
+    #[error("Service {service} in namespace {namespace} names no port its pod serves: check its targetPort against the pod's container ports")]
+    NoServicePort { service: String, namespace: String },
+    #[error("cannot listen on 127.0.0.1 for the port-forward")]
+    Listen {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no admin token: the {secret} Secret in namespace {namespace} has no `token` key; set CUBEFLASH_ADMIN_TOKEN, or create it: kubectl -n {namespace} create secret generic {secret} --from-literal=token=$(openssl rand -hex 24)")]
+    NoAdminToken { secret: String, namespace: String },
 }
 
 /// How `apply` should run.

@@ -2,6 +2,9 @@
 //! get, list with label and field selectors, watch (replaying from a resourceVersion, as the
 //! real one does), the scale subresource and delete; it records every request it answers
 //! (method, path, query, content type, body) and can refuse (403) or conflict (409) on cue.
+//! It forwards pod ports as the real one does (`pods/NAME/portforward`, a WebSocket with
+//! kube's v4 channel protocol) to a local address standing in for the pod, and serves
+//! metrics.k8s.io only when told to (a cluster without metrics-server answers 404).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -38,6 +41,10 @@ pub struct State {
     pub version: u64,
     /// Open watches, each with its selectors.
     pub watches: Vec<Watch>,
+    /// Pod name -> the local address its port-forward reaches.
+    pub forwards: BTreeMap<String, std::net::SocketAddr>,
+    /// Serve metrics.k8s.io (PodMetrics stored under its collection path).
+    pub metrics: bool,
     /// Every change: version, collection, event type, object; a watch from version V replays
     /// what came after V, as the real API server does (so no change falls between a list and
     /// a watch).
@@ -152,6 +159,7 @@ impl FakeApi {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -223,6 +231,9 @@ fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
 }
 
 async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path().ends_with("/portforward") {
+        return portforward(state, req);
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query: BTreeMap<String, String> = req
@@ -277,6 +288,13 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
                 &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
             );
         }
+    }
+    if path.starts_with("/apis/metrics.k8s.io/") && !st.metrics {
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     }
     // Objects: <prefix>/namespaces[/<ns>/<plural>][/<name>]
     let (prefix, rest) = match path.strip_prefix("/api/v1/") {
@@ -460,6 +478,127 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> 
         }
         _ => status(405, "MethodNotAllowed", "not in the fake"),
     }
+}
+
+/// `GET .../pods/NAME/portforward?ports=P` upgraded to a WebSocket (subprotocol
+/// v4.channel.k8s.io): the first frame on the data channel (0) and on the error channel (1)
+/// carries the port, little-endian; after that every binary frame is a channel byte and data,
+/// relayed to and from a TCP connection to the pod's stand-in address.
+fn portforward(state: &Mutex<State>, mut req: Request<Incoming>) -> Response<Body> {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut st = state.lock().unwrap();
+    st.seen.push(Seen {
+        method: req.method().to_string(),
+        path: path.clone(),
+        query: query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        content_type: String::new(),
+        body: Value::Null,
+    });
+    let segs: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+    let ["namespaces", ns, "pods", pod, "portforward"] = segs.as_slice() else {
+        return status(404, "NotFound", "no such path");
+    };
+    if st
+        .forbid
+        .as_ref()
+        .is_some_and(|(m, p)| m == "CREATE" && p == "pods/portforward")
+    {
+        return status(403, "Forbidden", &format!("pods \"{pod}\" is forbidden: User \"dev\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\""));
+    }
+    let Some(addr) = st.forwards.get(*pod).copied() else {
+        return status(404, "NotFound", &format!("pods \"{pod}\" not found"));
+    };
+    drop(st);
+    let port: u16 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ports="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return status(400, "BadRequest", "not a WebSocket upgrade");
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let (mut sink, mut frames) = ws.split();
+        let p = port.to_le_bytes();
+        for ch in [0u8, 1] {
+            if sink
+                .send(Message::binary(vec![ch, p[0], p[1]]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+            let _ = sink
+                .send(Message::binary(
+                    [&[1u8][..], b"connection refused"].concat(),
+                ))
+                .await;
+            return;
+        };
+        let (mut from_pod, mut to_pod) = tcp.into_split();
+        let up = async move {
+            while let Some(Ok(m)) = frames.next().await {
+                let written = match m {
+                    Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
+                        to_pod.write_all(&b[1..]).await.is_ok()
+                    }
+                    Message::Close(_) => false,
+                    _ => true,
+                };
+                if !written {
+                    break;
+                }
+            }
+            let _ = to_pod.shutdown().await;
+        };
+        let down = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from_pod.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut frame = Vec::with_capacity(n + 1);
+                        frame.push(0);
+                        frame.extend_from_slice(&buf[..n]);
+                        if sink.send(Message::binary(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+        };
+        tokio::join!(up, down);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-protocol", "v4.channel.k8s.io")
+        .header(
+            "sec-websocket-accept",
+            tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap()
 }
 
 fn urldecode(s: &str) -> String {

@@ -1,0 +1,127 @@
+//! What a benchmark asks of a cluster besides the gateway: the gateway's admin token (from
+//! its Secret) and the CPU the function pods use (from the metrics API, when the cluster
+//! runs metrics-server).
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::{Client, ResourceExt};
+
+use super::{classify, managed_selector, KubeError};
+use crate::names::{labels, ADMIN_SECRET};
+
+/// The `token` key of the gateway's admin Secret.
+pub async fn admin_token(client: Client, url: &str, namespace: &str) -> Result<String, KubeError> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let missing = || KubeError::NoAdminToken {
+        secret: ADMIN_SECRET.into(),
+        namespace: namespace.into(),
+    };
+    let secret = secrets
+        .get_opt(ADMIN_SECRET)
+        .await
+        .map_err(|e| classify(e, "get", "secrets", namespace, ADMIN_SECRET, url))?
+        .ok_or_else(missing)?;
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("token"))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get("token"))
+                .map(|t| t.trim().to_string())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(missing)?;
+    Ok(token)
+}
+
+/// CPU in use, in cores, by each function's pods: (function, component) -> cores, where the
+/// component is `function` or `baseline`. None when the cluster serves no metrics API.
+pub async fn pod_cpu(
+    client: Client,
+    url: &str,
+    namespace: &str,
+) -> Result<Option<HashMap<(String, String), f64>>, KubeError> {
+    let ar = ApiResource {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metrics.k8s.io/v1beta1".into(),
+        kind: "PodMetrics".into(),
+        plural: "pods".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &ar);
+    let list = match api
+        .list(&ListParams::default().labels(&managed_selector()))
+        .await
+    {
+        Ok(l) => l,
+        // No metrics-server: the group is not served (404), or its APIService is down (503).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 503 => return Ok(None),
+        Err(e) => {
+            return Err(classify(
+                e,
+                "list",
+                "pods.metrics.k8s.io",
+                namespace,
+                "pod metrics",
+                url,
+            ))
+        }
+    };
+    let mut out: HashMap<(String, String), f64> = HashMap::new();
+    for pod in &list.items {
+        let (Some(function), Some(component)) = (
+            pod.labels().get(labels::FUNCTION),
+            pod.labels().get(labels::COMPONENT),
+        ) else {
+            continue;
+        };
+        let cores: f64 = pod.data["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["usage"]["cpu"].as_str().and_then(parse_cpu))
+            .sum();
+        *out.entry((function.clone(), component.clone()))
+            .or_default() += cores;
+    }
+    Ok(Some(out))
+}
+
+/// A CPU quantity (`250m`, `1234567n`, `2`) in cores.
+pub fn parse_cpu(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last()? {
+        (i, 'n') => (&text[..i], 1e-9),
+        (i, 'u') => (&text[..i], 1e-6),
+        (i, 'm') => (&text[..i], 1e-3),
+        (i, 'k') => (&text[..i], 1e3),
+        _ => (text, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quantities_are_read_in_cores() {
+        assert_eq!(parse_cpu("250m"), Some(0.25));
+        assert_eq!(parse_cpu("2"), Some(2.0));
+        assert!((parse_cpu("1500000n").unwrap() - 0.0015).abs() < 1e-12);
+        assert!((parse_cpu("30u").unwrap() - 0.00003).abs() < 1e-12);
+        assert_eq!(parse_cpu("lots"), None);
+        assert_eq!(parse_cpu("-1"), None);
+        assert_eq!(parse_cpu(""), None);
+    }
+}
