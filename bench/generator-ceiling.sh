@@ -3,7 +3,8 @@
 # body, beside wrk and oha at the same connection count, in interleaved rounds (cubeflash,
 # wrk, oha, cubeflash, ...) so machine drift hits all alike. Prints requests/s per round and
 # the ratios of the medians. With MEMORY=1 it then sends 10 million requests and samples
-# cubeflash's resident memory every 10 s (it must stay flat).
+# cubeflash's resident memory every 10 s (it must stay flat), then the same through a trace
+# step (open loop, 10 million requests in bursts at TRACE_RATE, default 40,000/s).
 #
 #   bench/generator-ceiling.sh [path/to/cubeflash]   needs nginx and wrk (Debian), oha (cargo install oha)
 #   ROUNDS=5 DURATION=8s CONNECTIONS=64 THREADS=2 MEMORY=1 bench/generator-ceiling.sh
@@ -73,4 +74,25 @@ if [ "${MEMORY:-0}" = 1 ]; then
   done
   wait "$pid"
   awk '$1=="url" && $2=="closed"' "$WORK/mem.out" | head -1
+  RATE="${TRACE_RATE:-40000}"
+  BURST=$(( 2000000 / RATE ))
+  echo "memory, trace mode: 5 bursts of ${BURST}s at $RATE/s (10,000,000 requests) with 2 s silences; RSS every 10 s"
+  cat > "$WORK/trace-plan.yaml" <<PLAN
+targets:
+  - url: $URL
+steps:
+  - trace:
+      phases: [{rate: $RATE, for: ${BURST}s}, {rate: 0, for: 2s}]
+      repeat: 5
+      connections: $CONNS
+PLAN
+  "$BIN" bench "$WORK/trace-plan.yaml" --threads "$THREADS" --out "$WORK/results" > "$WORK/trace.out" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    rss="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)"
+    [ -n "$rss" ] && echo "  $(date +%T) RSS ${rss} kB"
+    sleep 10
+  done
+  wait "$pid"
+  grep -m1 ' trace ' "$WORK/trace.out" || tail -n 5 "$WORK/trace.out"
 fi
