@@ -147,6 +147,16 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Install functions' dependencies (requirements.txt; package.json + package-lock.json)
+    /// into the shared cache ahead of a deploy, and show what is cached.
+    Deps {
+        /// Only this function.
+        function: Option<String>,
+        /// Remove cache entries that no function of this repo uses (the cache is shared
+        /// between repos: entries another repo needs are installed again when it deploys).
+        #[arg(long)]
+        prune: bool,
+    },
     /// Print a function's recent output (from .cubeflash/logs/).
     Logs {
         name: String,

@@ -2,6 +2,7 @@
 //! (with main.rs) that writes to stdout.
 
 mod bench;
+mod deps;
 mod kubernetes;
 mod platform;
 
@@ -121,6 +122,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             follow,
             lines,
         } => platform::logs(&mut out, cli.dir, &name, follow, lines),
+        Command::Deps { function, prune } => {
+            deps::deps(&mut out, cli.dir, function.as_deref(), prune)
+        }
         Command::Scale {
             name,
             replicas,

@@ -2,6 +2,7 @@
 //! replica as a process on a loopback port (`replicas` supervises them); `kubernetes` scales
 //! a function's Deployment and sends to its Service.
 
+pub mod deps;
 pub mod guard;
 pub mod kubernetes;
 pub mod local;

@@ -159,6 +159,9 @@ pub fn deploy(
     let root = repo_root(dir)?;
     let repo = super::load_checked(&root, true)?;
     check_generated(out, &root, &repo, options.render)?;
+    // Installed here, with progress, into the cache the gateway then finds them in; a failed
+    // install is reported again by the gateway's rollout, which keeps the running version.
+    super::deps::install_all(out, &repo.functions.iter().collect::<Vec<_>>(), &root)?;
     let exe = std::env::current_exe().context("failed to find the cubeflash binary")?;
     let rt = runtime()?;
     rt.block_on(async {

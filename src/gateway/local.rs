@@ -14,10 +14,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::runtime::deps;
 use crate::runtime::local::{self, LogBuffer, Runtimes};
 use crate::runtime::pool::ReplicaPool;
 use crate::runtime::replicas::{ProbeClient, ReplicaSet};
-use crate::spec::{self, Function, Repo};
+use crate::spec::{self, Function, Repo, Runtime};
 
 use super::api::{Reloaded, RolloutFailure};
 use super::async_calls::AsyncCalls;
@@ -44,6 +45,8 @@ pub struct LocalBackend {
     calls: Option<Arc<AsyncCalls>>,
     /// The NATS server queue triggers consume from (cubeflash.yaml at start).
     nats: Option<String>,
+    /// The shared dependency cache (deps.rs).
+    cache: PathBuf,
 }
 
 /// The async call store under the state dir.
@@ -79,6 +82,7 @@ impl LocalBackend {
             loaded: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
             nats: repo.project.nats.as_ref().map(|n| n.url.clone()),
+            cache: deps::cache_root(),
             dirs: Arc::default(),
             calls: match open_call_store(repo, state_dir).and_then(|store| {
                 let secret = super::tokens::file_token(
@@ -107,8 +111,15 @@ impl LocalBackend {
         gateway: &Gateway,
         f: &Function,
         dir: PathBuf,
+        installed: Option<&deps::Installed>,
     ) -> Result<Arc<FunctionState>, GatewayError> {
         let mut spec = local::process_spec(&self.root, &self.runtimes, f)?;
+        if let (Some(i), Runtime::Python) = (installed, f.spec.runtime) {
+            spec.env.push((
+                deps::PYTHON_ENV.into(),
+                i.dir.to_string_lossy().into_owned(),
+            ));
+        }
         let logs = Arc::new(
             LogBuffer::with_file(&local::log_path(&self.state_dir, &f.spec.name))
                 .rewriting(&dir, &spec.dir),
@@ -137,6 +148,24 @@ impl LocalBackend {
         ))
     }
 
+    /// Installs `f`'s dependencies into the shared cache unless they are there (None: it
+    /// has none).
+    async fn dependencies(&self, f: &Function) -> Result<Option<deps::Installed>, deps::DepsError> {
+        let (python, node) = self.runtimes.interpreters();
+        let Some(needs) = deps::needs(f, python, node) else {
+            return Ok(None);
+        };
+        let installed =
+            deps::install(&self.cache, f, &self.root.join(&f.rel_dir), &needs, python).await?;
+        for line in &installed.unpinned {
+            tracing::warn!(function = %f.spec.name, requirement = %line, "a requirement without an exact version (==): the next install may resolve another one");
+        }
+        if !installed.cached {
+            tracing::info!(function = %f.spec.name, dir = %installed.dir.display(), "dependencies installed");
+        }
+        Ok(Some(installed))
+    }
+
     /// Serves `repo`'s functions. Unchanged ones keep their replicas; a changed or added
     /// one is rolled out (`roll_out`) and switched over only once its new replicas are
     /// ready, so a version that does not start leaves the one before it serving; removed
@@ -160,10 +189,34 @@ impl LocalBackend {
                     Step::Keep(state.clone())
                 }
                 (_, old) => {
+                    // Dependencies first: a failed install leaves the running version be.
+                    let installed = match self.dependencies(f).await {
+                        Ok(i) => i,
+                        Err(e) => {
+                            tracing::warn!(function = %name, error = %e, "dependencies did not install");
+                            report.failed.push(RolloutFailure {
+                                name: name.clone(),
+                                reason: e.to_string(),
+                                kept_previous: old.is_some(),
+                                output: Vec::new(),
+                            });
+                            steps.push((f, Step::Held(old.cloned())));
+                            continue;
+                        }
+                    };
                     let dir = local::snapshot(&self.state_dir, &self.root, f)?;
+                    if let (Some(i), Runtime::Node) = (&installed, f.spec.runtime) {
+                        link_modules(&dir, &i.dir).map_err(|source| {
+                            local::LocalError::Snapshot {
+                                function: name.clone(),
+                                path: dir.join("node_modules"),
+                                source,
+                            }
+                        })?;
+                    }
                     Step::Roll {
                         old: old.cloned(),
-                        new: self.function_state(gateway, f, dir.clone())?,
+                        new: self.function_state(gateway, f, dir.clone(), installed.as_ref())?,
                         dir,
                     }
                 }
@@ -172,7 +225,7 @@ impl LocalBackend {
         }
         let outcomes = futures::future::join_all(steps.iter().map(|(_, step)| async move {
             match step {
-                Step::Keep(_) => Ok(()),
+                Step::Keep(_) | Step::Held(_) => Ok(()),
                 Step::Roll { old, new, .. } => roll_out(old.as_deref(), new, verify).await,
             }
         }))
@@ -185,6 +238,16 @@ impl LocalBackend {
             let mut source = f.clone();
             match (step, outcome) {
                 (Step::Keep(state), _) => next.push(state),
+                // Its dependencies did not install: the version before (if any) serves on,
+                // and is what the next reload compares with.
+                (Step::Held(Some(state)), _) => {
+                    next.push(state);
+                    match loaded.get(&name) {
+                        Some(before) => source = before.clone(),
+                        None => continue,
+                    }
+                }
+                (Step::Held(None), _) => continue,
                 (Step::Roll { old, new, dir }, Ok(())) => {
                     dirs.insert(name.clone(), dir);
                     match old {
@@ -293,12 +356,27 @@ impl LocalBackend {
 /// What a reload does with one function.
 enum Step {
     Keep(Arc<FunctionState>),
+    /// Not rolled out (its dependencies failed to install): what served before, if anything.
+    Held(Option<Arc<FunctionState>>),
     Roll {
         old: Option<Arc<FunctionState>>,
         new: Arc<FunctionState>,
         /// The code copy it runs from.
         dir: PathBuf,
     },
+}
+
+/// Links a node function's installed dependencies into its code copy as `node_modules`.
+fn link_modules(dir: &Path, modules: &Path) -> std::io::Result<()> {
+    let link = dir.join("node_modules");
+    match std::fs::read_link(&link) {
+        Ok(to) if to == modules => Ok(()),
+        Ok(_) => {
+            std::fs::remove_file(&link)?;
+            std::os::unix::fs::symlink(modules, &link)
+        }
+        Err(_) => std::os::unix::fs::symlink(modules, &link),
+    }
 }
 
 /// How long a new version may take to have its replicas ready.

@@ -160,6 +160,14 @@ impl Runtimes {
         }
     }
 
+    /// The python3 and node the replicas run (and dependencies are installed for).
+    pub fn interpreters(&self) -> (&str, &str) {
+        (
+            self.python_path.as_deref().unwrap_or("python3"),
+            self.node_path.as_deref().unwrap_or("node"),
+        )
+    }
+
     /// Stops every warm process.
     pub fn shutdown(&self) {
         self.python.1.shutdown();
@@ -305,7 +313,9 @@ pub fn snapshot(state_dir: &Path, root: &Path, f: &Function) -> Result<PathBuf, 
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
         }
         let modules = source.join("node_modules");
-        if modules.is_dir() {
+        // With a lock file, node_modules comes from the dependency cache (deps.rs).
+        let locked = f.files.iter().any(|c| c.path == super::deps::PACKAGE_LOCK);
+        if modules.is_dir() && !locked {
             std::os::unix::fs::symlink(&modules, tmp.join("node_modules"))?;
         }
         Ok(())

@@ -295,6 +295,18 @@ fn check_function(raw: &RawFunction, spec: &FunctionSpec, diags: &mut Diagnostic
         );
     }
     let has = |path: &str| raw.files.iter().any(|f| f.path == path);
+    if spec.runtime == Runtime::Node && has("package.json") && !has("package-lock.json") {
+        diags.push(
+            Diagnostic::whole_file(
+                &Path::new(FUNCTIONS_DIR).join(&raw.dir_name).join("package.json"),
+                "a package.json without its package-lock.json: dependencies are installed with `npm ci`, which installs exactly what the lock file says, and there is none",
+            )
+            .with_hint(format!(
+                "run `npm install --package-lock-only` in functions/{} and commit package-lock.json",
+                raw.dir_name
+            )),
+        );
+    }
     if let Some((file, _)) = spec.handler_file() {
         if !has(file) {
             diags.push(

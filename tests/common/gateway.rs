@@ -286,11 +286,17 @@ impl Platform {
 
     /// `cubeflash ARGS` in the repo: exit code, stdout, stderr.
     pub fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        self.run_env(args, &[])
+    }
+
+    /// `run` with extra environment variables (which a gateway it starts inherits).
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
         // Port 0: the background gateway picks a free port and records it.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
             .args(args)
             .current_dir(self.path())
             .env("CUBEFLASH_PORT", "0")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         (

@@ -256,6 +256,11 @@ def main():
         wait_for_function()
         del sys.argv[1]
     watch_lifeline()
+    # Installed dependencies (requirements.txt), also when a pooled interpreter takes the
+    # function: after the handler's own folder on the path, before the standard library.
+    deps = os.environ.get("CUBEFLASH_DEPS")
+    if deps:
+        sys.path.insert(0, deps)
     spec = os.environ.get("CUBEFLASH_HANDLER") or (sys.argv[1] if len(sys.argv) > 1 else "")
     if not spec:
         raise SystemExit("cubeflash: set CUBEFLASH_HANDLER to the handler file, e.g. handler.py")
