@@ -176,3 +176,113 @@ fn a_node_package_json_without_its_lock_file_is_refused_where_it_is() {
         "{err}"
     );
 }
+
+/// Runs `npm ARGS` in `dir` offline.
+fn npm(dir: &Path, args: &[&str]) {
+    let o = std::process::Command::new("npm")
+        .args(args)
+        .args(["--offline", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "npm {args:?}: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn a_node_function_gets_its_locked_packages_from_npm_ci() {
+    need("node");
+    need("npm");
+    let root = one_function(
+        "hi",
+        "node",
+        "",
+        "const left = require('cfleft');\nexports.handle = async () => left.greet();\n",
+    );
+    let p = Platform::new(root);
+    let cache = common::temp_tree(&[]);
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let env = [("CUBEFLASH_CACHE_DIR", cache_dir.as_str())];
+    // A package of our own, packed to a tarball beside the function (no registry needed).
+    let pkg = p.path().join("cfleft");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("package.json"),
+        r#"{"name": "cfleft", "version": "1.0.0", "main": "index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("index.js"),
+        "exports.greet = () => 'hello from npm';\n",
+    )
+    .unwrap();
+    let fdir = p.path().join("functions/hi");
+    npm(
+        &pkg,
+        &["pack", "--pack-destination", fdir.to_str().unwrap()],
+    );
+    std::fs::remove_dir_all(&pkg).unwrap();
+    p.write(
+        "functions/hi/package.json",
+        r#"{"name": "hi", "version": "1.0.0", "dependencies": {"cfleft": "file:cfleft-1.0.0.tgz"}}"#,
+    );
+    npm(&fdir, &["install", "--package-lock-only"]);
+    assert!(!fdir.join("node_modules").exists());
+    assert_eq!(p.run(&["render"]).0, Some(0));
+    let (code, out, err) = p.run_env(&["deploy"], &env);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("hi: dependencies installed in"), "{out}");
+    assert_eq!(p.run(&["invoke", "hi"]).1, "hello from npm\n");
+    // From zero, through the warm pool.
+    assert_eq!(p.run(&["scale", "hi", "0"]).0, Some(0));
+    assert_eq!(p.run(&["invoke", "hi"]).1, "hello from npm\n");
+    let entry = std::fs::read_dir(cache.path().join("deps"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(entry
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("npm-node-"));
+    assert!(entry.join("node_modules/cfleft/index.js").is_file());
+    assert!(
+        !entry.join("package.json").exists(),
+        "only node_modules stays in the entry"
+    );
+}
+
+#[test]
+fn a_cluster_target_refuses_dependencies_it_cannot_install_naming_the_file() {
+    let dir = common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: test\ntarget: kubernetes\n"),
+        (
+            "functions/r/function.yaml",
+            "name: r\nruntime: python\nhandler: handler.py\n",
+        ),
+        (
+            "functions/r/handler.py",
+            "import jinja2\n\ndef handle(req):\n    return 'x'\n",
+        ),
+        ("functions/r/requirements.txt", "jinja2==3.1.4\n"),
+    ]);
+    let o = common::cubeflash(dir.path(), &["render"]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("functions/r/requirements.txt")
+            && err.contains("cubeflash does not build yet")
+            && err.contains("--target local"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("generated/r").exists(),
+        "nothing half-written"
+    );
+}

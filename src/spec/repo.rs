@@ -352,6 +352,21 @@ fn check_function(raw: &RawFunction, spec: &FunctionSpec, diags: &mut Diagnostic
 /// most).
 fn check_for_cluster(functions: &[Function], diags: &mut Diagnostics) {
     for f in functions {
+        let declared = match f.spec.runtime {
+            Runtime::Python => Some("requirements.txt"),
+            Runtime::Node => Some("package-lock.json"),
+            _ => None,
+        }
+        .filter(|file| f.files.iter().any(|c| c.path == *file));
+        if let Some(file) = declared {
+            diags.push(
+                Diagnostic::whole_file(
+                    &f.rel_dir.join(file),
+                    format!("{} declares dependencies, and on Kubernetes they need an image with them installed, which cubeflash does not build yet (its code ships in a ConfigMap on the stock runtime image, where the imports would fail)", f.spec.name),
+                )
+                .with_hint("deploy it on the local platform (`--target local`), or give it `runtime: image` with an image you build that holds the dependencies"),
+            );
+        }
         for (s, (index, loc)) in f.spec.schedule_triggers().zip(&f.spec.locs.schedules) {
             if values::cron_has_seconds(&s.cron) {
                 diags.push(
