@@ -423,7 +423,26 @@ fn tick(v: f64) -> String {
     }
 }
 
-/// One line chart as an inline SVG element.
+/// Marks the silences of a series sampled at a fixed interval (intervals without requests
+/// are absent): a NaN point where two neighbours are further apart than 1.5 intervals, so
+/// the line breaks there instead of drawing data across the silence.
+fn with_gaps(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    let step = points
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .filter(|d| *d > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let mut out = Vec::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 && p.0 - points[i - 1].0 > 1.5 * step {
+            out.push((p.0, f64::NAN));
+        }
+        out.push(*p);
+    }
+    out
+}
+
+/// One line chart as an inline SVG element. A point whose y is NaN breaks its line.
 pub(super) fn chart<X, Y>(
     title: &str,
     x_label: &str,
@@ -469,10 +488,21 @@ where
                     || name.ends_with(" uncorrected")
                     || name.ends_with(" B");
                 let style = color.stroke_width(2);
+                let mut segments = pts.split(|p| p.1.is_nan()).filter(|s| !s.is_empty());
+                let Some(first) = segments.next() else {
+                    continue;
+                };
+                for seg in segments {
+                    if dashed {
+                        c.draw_series(DashedLineSeries::new(seg.iter().copied(), 6, 4, style))?;
+                    } else {
+                        c.draw_series(LineSeries::new(seg.iter().copied(), style))?;
+                    }
+                }
                 let drawn = if dashed {
-                    c.draw_series(DashedLineSeries::new(pts.iter().copied(), 6, 4, style))?
+                    c.draw_series(DashedLineSeries::new(first.iter().copied(), 6, 4, style))?
                 } else {
-                    c.draw_series(LineSeries::new(pts.iter().copied(), style))?
+                    c.draw_series(LineSeries::new(first.iter().copied(), style))?
                 };
                 drawn.label(name.as_str()).legend(move |(x, y)| {
                     if dashed {
@@ -481,10 +511,15 @@ where
                         PathElement::new(vec![(x, y), (x + 16, y)], style)
                     }
                 });
-                c.draw_series(pts.iter().map(|&p| Circle::new(p, 2, color.filled())))?;
+                c.draw_series(
+                    pts.iter()
+                        .filter(|p| !p.1.is_nan())
+                        .map(|&p| Circle::new(p, 2, color.filled())),
+                )?;
             }
+            let position = legend_corner(&c, series);
             c.configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(position)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 11))
@@ -501,6 +536,54 @@ where
         }
     }
     svg
+}
+
+/// The corner of the plot its legend hides the fewest points in (the legend box is about
+/// 210 px wide and 15 px a series high).
+fn legend_corner<DB, CT>(c: &ChartContext<'_, DB, CT>, series: &[Series]) -> SeriesLabelPosition
+where
+    DB: DrawingBackend,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let area = c.plotting_area();
+    let ((left, top), (right, bottom)) = {
+        let (w, h) = area.dim_in_pixel();
+        let (x0, y0) = area.get_base_pixel();
+        ((x0, y0), (x0 + w as i32, y0 + h as i32))
+    };
+    let (bw, bh) = (210, 15 * series.len() as i32 + 12);
+    let corners = [
+        (SeriesLabelPosition::UpperLeft, left, top),
+        (SeriesLabelPosition::UpperRight, right - bw, top),
+        (SeriesLabelPosition::LowerRight, right - bw, bottom - bh),
+        (SeriesLabelPosition::LowerLeft, left, bottom - bh),
+    ];
+    // The points, and the lines between them (sampled), in pixels.
+    let mut points: Vec<(i32, i32)> = Vec::new();
+    for (_, pts) in series {
+        for seg in pts.split(|p| p.1.is_nan()) {
+            let px: Vec<(i32, i32)> = seg.iter().map(|p| area.map_coordinate(p)).collect();
+            points.extend(&px);
+            for w in px.windows(2) {
+                for k in 1..10 {
+                    let t = f64::from(k) / 10.0;
+                    let lerp = |a: i32, b: i32| a + (f64::from(b - a) * t) as i32;
+                    points.push((lerp(w[0].0, w[1].0), lerp(w[0].1, w[1].1)));
+                }
+            }
+        }
+    }
+    corners
+        .into_iter()
+        .map(|(pos, x, y)| {
+            let hidden = points
+                .iter()
+                .filter(|(px, py)| (x..x + bw).contains(px) && (y..y + bh).contains(py))
+                .count();
+            (hidden, pos)
+        })
+        .min_by_key(|(hidden, _)| *hidden)
+        .map_or(SeriesLabelPosition::UpperLeft, |(_, pos)| pos)
 }
 
 /// Replicas over the run (from the gateway, every 200 ms), and what each step held.
@@ -584,10 +667,12 @@ fn trace_section(page: &mut String, run: &RunResult, pal: &Palette) {
             let at = r.window.0.as_secs_f64();
             (
                 format!("{} p99", r.target),
-                r.intervals
-                    .iter()
-                    .map(|i| (at + i.0, i.2.max(0.001)))
-                    .collect(),
+                with_gaps(
+                    r.intervals
+                        .iter()
+                        .map(|i| (at + i.0, i.2.max(0.001)))
+                        .collect(),
+                ),
             )
         })
         .collect();
@@ -623,4 +708,34 @@ fn trace_section(page: &mut String, run: &RunResult, pal: &Palette) {
         }
     }
     page.push_str("</table>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silence_breaks_the_line_and_no_nan_reaches_the_svg() {
+        let pts = vec![(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (10.0, 4.0), (11.0, 5.0)];
+        let gapped = with_gaps(pts);
+        assert_eq!(gapped.len(), 6);
+        assert!(gapped[3].1.is_nan() && gapped[3].0 == 10.0, "{gapped:?}");
+        assert!(with_gaps(vec![(0.0, 1.0), (1.0, 1.0)])
+            .iter()
+            .all(|p| !p.1.is_nan()));
+        let series = vec![("a p99".to_string(), gapped)];
+        let svg = chart(
+            "t",
+            "x",
+            "y",
+            0.0..12.0,
+            0.5..6.0,
+            &series,
+            &Palette::over(vec!["a".into()]),
+        );
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(!svg.contains("NaN"), "{svg}");
+        // Two segments: two dashed polylines' worth of path elements, not one across the gap.
+        assert!(svg.matches("<polyline").count() >= 2 || svg.matches("<path").count() >= 2);
+    }
 }
