@@ -147,6 +147,12 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Secrets for functions on the local platform (.cubeflash/secrets/, never in git):
+    /// set a key, list them (never their values), remove one.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Install functions' dependencies (requirements.txt; package.json + package-lock.json)
     /// into the shared cache ahead of a deploy, and show what is cached.
     Deps {
@@ -309,6 +315,22 @@ pub struct BenchArgs {
     /// gateway's Service that cubeflash opens (or the address --gateway gives).
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// `cubeflash secret` actions.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SecretAction {
+    /// Set NAME's KEY from standard input (a final newline is dropped) or --from-file.
+    Set {
+        name: String,
+        key: String,
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// Every secret with its keys and the functions that use it; never a value.
+    Ls,
+    /// Remove a key, or the whole secret.
+    Rm { name: String, key: Option<String> },
 }
 
 /// What `cubeflash bench` does besides running a plan.

@@ -5,6 +5,7 @@ mod bench;
 mod deps;
 mod kubernetes;
 mod platform;
+mod secrets;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -122,6 +123,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             follow,
             lines,
         } => platform::logs(&mut out, cli.dir, &name, follow, lines),
+        Command::Secret { action } => secrets::secret(&mut out, cli.dir, action),
         Command::Deps { function, prune } => {
             deps::deps(&mut out, cli.dir, function.as_deref(), prune)
         }

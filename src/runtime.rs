@@ -9,3 +9,4 @@ pub mod local;
 pub mod pool;
 pub mod replicas;
 pub mod sandbox;
+pub mod secrets;

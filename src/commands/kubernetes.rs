@@ -63,6 +63,35 @@ pub fn deploy(
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let (client, url) = kube_target::connect(args.context.as_deref()).await?;
+        // A function's Secrets must be there before its pods are, or they never start.
+        let mut wanted: Vec<(String, String)> = repo
+            .functions
+            .iter()
+            .flat_map(|f| f.spec.secrets.iter().map(|s| (f.spec.name.clone(), s.clone())))
+            .collect();
+        wanted.sort();
+        let mut names: Vec<String> = wanted.iter().map(|(_, s)| s.clone()).collect();
+        names.sort();
+        names.dedup();
+        if !names.is_empty() {
+            match kube_target::usage::missing_secrets(client.clone(), &url, &namespace, &names).await {
+                Ok(missing) if !missing.is_empty() => {
+                    let lines: Vec<String> = wanted
+                        .iter()
+                        .filter(|(_, s)| missing.contains(s))
+                        .map(|(f, s)| format!("  {f} needs the Secret {s}: kubectl -n {namespace} create secret generic {s} --from-literal=KEY=VALUE (or --from-file=KEY=FILE)"))
+                        .collect();
+                    bail!("Secrets missing in namespace {namespace}; nothing was sent to the cluster:\n{}", lines.join("\n"));
+                }
+                Ok(_) => {}
+                Err(kube_target::KubeError::Forbidden { .. }) => writeln!(
+                    out,
+                    "could not check that the Secrets {} exist (no `get secrets` in {namespace}); pods that mount a missing one wait in ContainerCreating",
+                    names.join(", ")
+                )?,
+                Err(e) => return Err(e.into()),
+            }
+        }
         let dry = if options.dry_run {
             " (server-side dry run: nothing is stored)"
         } else {

@@ -183,7 +183,7 @@ pub fn deploy(
         let functions = wait_ready(&client).await?;
         let report = match report {
             Some(report) => report,
-            None => first_start_report(&client, &functions).await,
+            None => first_start_report(&client, &functions, &repo, &target::state_dir(&root)).await,
         };
         write_report(out, &report)?;
         print_urls(out, &url, &functions)?;
@@ -202,8 +202,44 @@ pub fn deploy(
 
 /// What a first start did, as a rollout report: every function added, or failed (a crash
 /// loop of a function with replicas) with the output of its first start.
-async fn first_start_report(client: &AdminClient, functions: &[FunctionInfo]) -> Reloaded {
+async fn first_start_report(
+    client: &AdminClient,
+    functions: &[FunctionInfo],
+    repo: &crate::spec::Repo,
+    state_dir: &Path,
+) -> Reloaded {
     let mut report = Reloaded::default();
+    // Not loaded at all: a secret not set, or dependencies that did not install.
+    for f in repo
+        .functions
+        .iter()
+        .filter(|f| !functions.iter().any(|i| i.name == f.spec.name))
+    {
+        let reason = f
+            .spec
+            .secrets
+            .iter()
+            .find(|s| {
+                !state_dir
+                    .join(crate::runtime::secrets::SECRETS_DIR)
+                    .join(s)
+                    .is_dir()
+            })
+            .map(|s| {
+                crate::runtime::secrets::SecretError::Unset {
+                    function: f.spec.name.clone(),
+                    secret: s.clone(),
+                }
+                .to_string()
+            })
+            .unwrap_or_else(|| "it was not loaded: see .cubeflash/gateway.log".into());
+        report.failed.push(RolloutFailure {
+            name: f.spec.name.clone(),
+            reason,
+            kept_previous: false,
+            output: Vec::new(),
+        });
+    }
     for f in functions {
         let Some(why) = &f.failed else {
             report.added.push(f.name.clone());

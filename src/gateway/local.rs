@@ -14,10 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::runtime::deps;
 use crate::runtime::local::{self, LogBuffer, Runtimes};
 use crate::runtime::pool::ReplicaPool;
 use crate::runtime::replicas::{ProbeClient, ReplicaSet};
+use crate::runtime::{deps, secrets};
 use crate::spec::{self, Function, Repo, Runtime};
 
 use super::api::{Reloaded, RolloutFailure};
@@ -112,8 +112,13 @@ impl LocalBackend {
         f: &Function,
         dir: PathBuf,
         installed: Option<&deps::Installed>,
+        secrets: Option<&Path>,
     ) -> Result<Arc<FunctionState>, GatewayError> {
         let mut spec = local::process_spec(&self.root, &self.runtimes, f)?;
+        if let Some(dir) = secrets {
+            spec.env
+                .push((secrets::ENV.into(), dir.to_string_lossy().into_owned()));
+        }
         if let (Some(i), Runtime::Python) = (installed, f.spec.runtime) {
             spec.env.push((
                 deps::PYTHON_ENV.into(),
@@ -146,6 +151,12 @@ impl LocalBackend {
             baseline,
             gateway.metrics.clone(),
         ))
+    }
+
+    /// The copy of `f`'s secrets its replicas read (None: it names none).
+    fn secrets(&self, f: &Function) -> Result<Option<PathBuf>, secrets::SecretError> {
+        let owner = self.runtimes.sandbox.user.as_ref().map(|u| (u.uid, u.gid));
+        secrets::mount(&self.state_dir, &f.spec.name, &f.spec.secrets, owner)
     }
 
     /// Installs `f`'s dependencies into the shared cache unless they are there (None: it
@@ -185,18 +196,31 @@ impl LocalBackend {
             let name = &f.spec.name;
             let step = match (loaded.get(name), current.by_name.get(name)) {
                 (Some(old), Some(state)) if same_function(old, f) => {
+                    // A value set since: the copy its replicas read is refreshed in place.
+                    if let Err(e) = self.secrets(f) {
+                        tracing::warn!(function = %name, error = %e, "its secrets could not be refreshed");
+                    }
                     report.unchanged.push(name.clone());
                     Step::Keep(state.clone())
                 }
                 (_, old) => {
-                    // Dependencies first: a failed install leaves the running version be.
-                    let installed = match self.dependencies(f).await {
-                        Ok(i) => i,
+                    // Secrets and dependencies first: a secret that is not set or a failed
+                    // install leaves the running version be.
+                    let prepared = match self.secrets(f) {
+                        Ok(mount) => self
+                            .dependencies(f)
+                            .await
+                            .map(|i| (i, mount))
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let (installed, mount) = match prepared {
+                        Ok(p) => p,
                         Err(e) => {
-                            tracing::warn!(function = %name, error = %e, "dependencies did not install");
+                            tracing::warn!(function = %name, error = %e, "its secrets or dependencies are not ready: not rolled out");
                             report.failed.push(RolloutFailure {
                                 name: name.clone(),
-                                reason: e.to_string(),
+                                reason: e,
                                 kept_previous: old.is_some(),
                                 output: Vec::new(),
                             });
@@ -216,7 +240,13 @@ impl LocalBackend {
                     }
                     Step::Roll {
                         old: old.cloned(),
-                        new: self.function_state(gateway, f, dir.clone(), installed.as_ref())?,
+                        new: self.function_state(
+                            gateway,
+                            f,
+                            dir.clone(),
+                            installed.as_ref(),
+                            mount.as_deref(),
+                        )?,
                         dir,
                     }
                 }

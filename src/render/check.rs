@@ -143,7 +143,14 @@ fn round_trip(api_version: &str, kind: &str, value: &Value) -> Result<(Value, Po
         ("v1", "Namespace") => plain::<Namespace>(value),
         ("v1", "ServiceAccount") => plain::<ServiceAccount>(value),
         ("v1", "ConfigMap") => plain::<ConfigMap>(value),
-        ("v1", "Secret") => plain::<Secret>(value),
+        ("v1", "Secret") => {
+            // generated/ is committed: a value in it is a leaked secret.
+            let holds = |key: &str| value[key].as_object().is_some_and(|m| !m.is_empty());
+            if holds("data") || holds("stringData") {
+                return Err("is a Secret with values in it, and generated/ is committed to git: render no Secret data; list the secret in function.yaml's `secrets:` and create it in the cluster (`kubectl create secret generic NAME --from-literal=KEY=...`)".into());
+            }
+            plain::<Secret>(value)
+        }
         ("v1", "Service") => plain::<Service>(value),
         ("rbac.authorization.k8s.io/v1", "Role") => plain::<Role>(value),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => plain::<RoleBinding>(value),

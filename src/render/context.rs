@@ -114,6 +114,8 @@ pub struct FunctionContext {
     pub image: String,
     pub command: Vec<String>,
     pub env: Vec<EnvVar>,
+    /// Kubernetes Secrets mounted read-only at `/var/cubeflash/secrets/<name>`: names only.
+    pub secrets: Vec<String>,
     pub triggers: Vec<Trigger>,
     pub scale: Scale,
     pub resources: Resources,
@@ -285,6 +287,12 @@ impl FunctionContext {
                 fixed.push(("CUBEFLASH_HANDLER", h.clone()));
             }
         }
+        if !spec.secrets.is_empty() {
+            fixed.push((
+                crate::runtime::secrets::ENV,
+                crate::runtime::secrets::CLUSTER_PATH.into(),
+            ));
+        }
         if spec.runtime == Runtime::Python {
             fixed.push(("PYTHONDONTWRITEBYTECODE", "1".into()));
             fixed.push(("PYTHONUNBUFFERED", "1".into()));
@@ -359,6 +367,7 @@ impl FunctionContext {
             image,
             command,
             env,
+            secrets: spec.secrets.clone(),
             triggers: spec.triggers.clone(),
             scale: spec.scale.clone(),
             resources: spec.resources.clone(),

@@ -237,6 +237,8 @@ pub struct FunctionSpec {
     pub handler: Option<String>,
     pub image: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// Secrets it reads as files (`secrets: [name]`): their values never appear in the repo.
+    pub secrets: Vec<String>,
     pub triggers: Vec<Trigger>,
     pub scale: Scale,
     pub resources: Resources,
@@ -274,6 +276,7 @@ const TOP_KEYS: &[&str] = &[
     "handler",
     "image",
     "env",
+    "secrets",
     "triggers",
     "scale",
     "resources",
@@ -371,6 +374,11 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
         })
         .unwrap_or_default();
 
+    let secrets = f
+        .get("secrets")
+        .map(|n| read_secrets(r, n))
+        .unwrap_or_default();
+
     let triggers = f
         .get("triggers")
         .map(|n| {
@@ -403,6 +411,7 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
         handler,
         image,
         env,
+        secrets,
         triggers,
         scale,
         resources,
@@ -411,6 +420,41 @@ fn read_function(r: &mut Reader, root: &Node) -> Option<FunctionSpec> {
         retry,
         locs,
     })
+}
+
+/// `secrets: [name, ...]`: names of secrets (DNS-1123 labels, as Kubernetes Secret names
+/// used as volume names must be), each once.
+fn read_secrets(r: &mut Reader, node: &Node) -> Vec<String> {
+    let hint = "write `secrets: [db, api-key]`: the names of secrets set with `cubeflash secret set NAME KEY`";
+    let Some(items) = r.sequence(node, "secrets", hint) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("secrets[{i}]");
+        let Some(name) = r.string(item, &path, hint) else {
+            continue;
+        };
+        // 56: its volume, `secret-<name>`, is a DNS-1123 label of at most 63.
+        if let Err(why) = values::check_dns_label(&name, 56) {
+            r.error(
+                item,
+                &path,
+                format!("secret name {name:?}: {why}"),
+                "use lowercase letters, digits and '-', at most 56 of them",
+            );
+        } else if out.contains(&name) {
+            r.error(
+                item,
+                &path,
+                format!("secret {name:?} is listed twice"),
+                "list each secret once",
+            );
+        } else {
+            out.push(name);
+        }
+    }
+    out
 }
 
 fn read_retry(r: &mut Reader, node: &Node) -> RetryPolicy {

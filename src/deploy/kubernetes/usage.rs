@@ -40,6 +40,27 @@ pub async fn admin_token(client: Client, url: &str, namespace: &str) -> Result<S
     Ok(token)
 }
 
+/// Of `names`, the Secrets that are not in `namespace`; Err(Forbidden) when the user may not
+/// read Secrets there (the caller decides whether that stops it).
+pub async fn missing_secrets(
+    client: Client,
+    url: &str,
+    namespace: &str,
+    names: &[String],
+) -> Result<Vec<String>, KubeError> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let mut missing = Vec::new();
+    for name in names {
+        // Metadata only: nothing of a value crosses the wire.
+        match secrets.get_metadata_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(name.clone()),
+            Err(e) => return Err(classify(e, "get", "secrets", namespace, name, url)),
+        }
+    }
+    Ok(missing)
+}
+
 /// CPU in use, in cores, by each function's pods: (function, component) -> cores, where the
 /// component is `function` or `baseline`. None when the cluster serves no metrics API.
 pub async fn pod_cpu(
