@@ -316,6 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_with_values_never_reaches_generated() {
+        let secret = CM.replace("ConfigMap", "Secret");
+        let err = check_manifest(&secret, "ns").unwrap_err();
+        assert!(err[0].contains("is a Secret with values in it"), "{err:?}");
+        let string_data = secret.replace("data:", "stringData:");
+        assert!(check_manifest(&string_data, "ns").is_err());
+        let empty =
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: x, namespace: ns}\ntype: Opaque\n";
+        assert!(check_manifest(empty, "ns").unwrap().is_some());
+    }
+
+    #[test]
     fn a_misspelt_field_is_named_with_its_path() {
         let text = CM.replace("\ndata:", "\ndta:");
         let err = check_manifest(&text, "ns").unwrap_err();
