@@ -63,16 +63,21 @@ print("per-round ratios vs wrk: " + " ".join(f"{r[0]/r[1]:.2f}" for r in rows))
 print("per-round ratios vs oha: " + " ".join(f"{r[0]/r[2]:.2f}" for r in rows))
 PY
 
-if [ "${MEMORY:-0}" = 1 ]; then
-  echo "memory: 10,000,000 requests at $CONNS connections; RSS of cubeflash every 10 s"
-  "$BIN" bench --url "$URL" -c "$CONNS" -n 10000000 --threads "$THREADS" --out "$WORK/results" > "$WORK/mem.out" &
-  pid=$!
+# Prints the resident memory of process $1 every 10 s until it ends; fails as it failed.
+watch_rss() {
+  local pid="$1" rss
   while kill -0 "$pid" 2>/dev/null; do
     rss="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)"
     [ -n "$rss" ] && echo "  $(date +%T) RSS ${rss} kB"
     sleep 10
   done
   wait "$pid"
+}
+
+if [ "${MEMORY:-0}" = 1 ]; then
+  echo "memory: 10,000,000 requests at $CONNS connections; RSS of cubeflash every 10 s"
+  "$BIN" bench --url "$URL" -c "$CONNS" -n 10000000 --threads "$THREADS" --out "$WORK/results" > "$WORK/mem.out" &
+  watch_rss $!
   awk '$1=="url" && $2=="closed"' "$WORK/mem.out" | head -1
   RATE="${TRACE_RATE:-40000}"
   BURST=$(( 2000000 / RATE ))
@@ -87,12 +92,6 @@ steps:
       connections: $CONNS
 PLAN
   "$BIN" bench "$WORK/trace-plan.yaml" --threads "$THREADS" --out "$WORK/results" > "$WORK/trace.out" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    rss="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)"
-    [ -n "$rss" ] && echo "  $(date +%T) RSS ${rss} kB"
-    sleep 10
-  done
-  wait "$pid"
+  watch_rss $!
   grep -m1 ' trace ' "$WORK/trace.out" || tail -n 5 "$WORK/trace.out"
 fi

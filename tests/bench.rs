@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -30,21 +29,10 @@ fn bench(args: &[&str]) -> (tempfile::TempDir, PathBuf, String) {
     (out, run, stdout)
 }
 
-type Row = BTreeMap<String, String>;
+type Row = common::SummaryRow;
 
 fn summary(run: &Path) -> Vec<Row> {
-    let mut r = csv::Reader::from_path(run.join("summary.csv")).unwrap();
-    let headers = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            headers
-                .iter()
-                .zip(rec.iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
+    common::summary_csv(run)
 }
 
 fn row<'a>(rows: &'a [Row], mode: &str) -> &'a Row {
@@ -315,7 +303,7 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
         ("functions/fast/handler.py", "def handle(req):\n    return 'hi'\n"),
         (
             "bench/plan.yaml",
-            "targets:\n  - function: fast\nsteps:\n  - closed: {concurrency: [1, 2], requests: 30, warmup: 200ms}\n  - open: {rate: 40, duration: 1s, connections: 2}\n  - cold: {samples: 2}\n",
+            "targets:\n  - function: fast\nsteps:\n  - closed: {concurrency: [1, 2], requests: 400, warmup: 200ms}\n  - open: {rate: 40, duration: 1s, connections: 2}\n  - cold: {samples: 2}\n",
         ),
     ]);
     let o = cubeflash(repo.path(), &["bench"]);
@@ -349,7 +337,7 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
     for target in ["fast", "fast-baseline", "fast-baseline-gw"] {
         for c in ["1", "2"] {
             let r = find(target, "closed", ("concurrency", c));
-            assert_eq!(num(r, "requests") + num(r, "errors"), 30.0, "{r:?}");
+            assert_eq!(num(r, "requests") + num(r, "errors"), 400.0, "{r:?}");
             find(target, "closed-warmup", ("concurrency", c));
         }
         find(target, "open", ("rate", "40"));
@@ -393,7 +381,8 @@ fn a_plan_benchmarks_a_function_against_its_baseline_on_the_local_platform() {
         ]
     );
     // What each step held, sampled from the gateway: the baseline one replica throughout,
-    // with CPU time from the process table.
+    // with CPU time from the process table (400 requests: more than the 10 ms clock tick
+    // of /proc's counters).
     for target in ["fast-baseline", "fast-baseline-gw"] {
         let r = find(target, "closed", ("concurrency", "2"));
         assert_eq!(

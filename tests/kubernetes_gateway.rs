@@ -85,20 +85,11 @@ fn the_kubernetes_gateway_scales_a_function_from_zero_routes_to_its_service_and_
     assert!(deploy(dir.path(), &kc, &["--no-wait"]).status.success());
     // The function's Service, here a real server on loopback: the route table says where.
     let replica = common::TestServer::start(Arc::new(|_| (200, Duration::from_millis(5))));
-    {
-        let mut st = api.state.lock().unwrap();
-        let cm = st
-            .objects
-            .get_mut(&format!("{NS}/configmaps"))
-            .unwrap()
-            .get_mut("cubeflash-routes")
-            .unwrap();
-        let routes = cm["data"]["routes.json"]
-            .as_str()
-            .unwrap()
-            .replace("http://a.demo.svc:8080", &replica.url(""));
-        cm["data"]["routes.json"] = json!(routes);
-    }
+    point_service(
+        &mut api.state.lock().unwrap(),
+        "http://a.demo.svc:8080",
+        &replica.url(""),
+    );
     api.clear_seen();
     let gw = start_gateway(dir.path(), &kc);
 
@@ -289,19 +280,26 @@ fn deployed(api: &FakeApi, functions: &[(&str, &str, &str)]) -> tempfile::TempDi
     let o = deploy(dir.path(), &kc, &["--no-wait"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let mut st = api.state.lock().unwrap();
+    for (name, _, url) in functions {
+        point_service(&mut st, &format!("http://{name}.demo.svc:8080"), url);
+    }
+    drop(st);
+    dir
+}
+
+/// Points the route table's `service` address at `url` (a local server standing in for it).
+fn point_service(st: &mut fake_kube::State, service: &str, url: &str) {
     let cm = st
         .objects
         .get_mut(&format!("{NS}/configmaps"))
         .unwrap()
         .get_mut("cubeflash-routes")
         .unwrap();
-    let mut routes = cm["data"]["routes.json"].as_str().unwrap().to_string();
-    for (name, _, url) in functions {
-        routes = routes.replace(&format!("http://{name}.demo.svc:8080"), url);
-    }
+    let routes = cm["data"]["routes.json"]
+        .as_str()
+        .unwrap()
+        .replace(service, url);
     cm["data"]["routes.json"] = json!(routes);
-    drop(st);
-    dir
 }
 
 /// `deployed` with one function `a` (`extra` in its function.yaml, its Service at `url`),
@@ -681,22 +679,7 @@ fn kube_bench(dir: &Path, kubeconfig: &Path, out: &Path, extra: &[&str]) -> std:
         .unwrap()
 }
 
-type CsvRow = std::collections::HashMap<String, String>;
-
-fn summary_rows(run: &Path) -> Vec<CsvRow> {
-    let mut r = csv::Reader::from_path(run.join("summary.csv")).unwrap();
-    let headers = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            headers
-                .iter()
-                .zip(rec.iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
-}
+type CsvRow = common::SummaryRow;
 
 const KUBE_PLAN: &str = "targets:\n  - function: a\n    baseline: gateway\nsteps:\n  - closed: {concurrency: [2], duration: 1500ms}\n  - cold: {samples: 2}\ntimeout: 5s\n";
 
@@ -717,17 +700,11 @@ fn bench_against_a_cluster_goes_through_a_port_forward_and_reads_replicas_and_cp
     let kc = api.kubeconfig(dir.path());
     {
         let mut st = api.state.lock().unwrap();
-        let cm = st
-            .objects
-            .get_mut(&format!("{NS}/configmaps"))
-            .unwrap()
-            .get_mut("cubeflash-routes")
-            .unwrap();
-        let routes = cm["data"]["routes.json"]
-            .as_str()
-            .unwrap()
-            .replace("http://a-baseline.demo.svc:8080", &baseline.url(""));
-        cm["data"]["routes.json"] = json!(routes);
+        point_service(
+            &mut st,
+            "http://a-baseline.demo.svc:8080",
+            &baseline.url(""),
+        );
         // The admin token, where the rendered gateway Deployment reads it.
         st.objects.entry(format!("{NS}/secrets")).or_default().insert(
             "cubeflash-admin".into(),
@@ -789,7 +766,7 @@ fn bench_against_a_cluster_goes_through_a_port_forward_and_reads_replicas_and_cp
         scale_patches(&api, "a")
     );
     let run = out.join("latest");
-    let rows = summary_rows(&run);
+    let rows = common::summary_csv(&run);
     let find = |target: &str, mode: &str| {
         rows.iter()
             .find(|r| r["target"] == target && r["mode"] == mode)

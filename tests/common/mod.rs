@@ -323,3 +323,22 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// One row of a bench run's summary.csv, by column name.
+pub type SummaryRow = std::collections::BTreeMap<String, String>;
+
+/// Every row of `<run>/summary.csv`.
+pub fn summary_csv(run: &Path) -> Vec<SummaryRow> {
+    let mut r = csv::Reader::from_path(run.join("summary.csv")).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
