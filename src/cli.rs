@@ -326,11 +326,22 @@ pub enum SecretAction {
         key: String,
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
+        /// kubernetes: create or update the Kubernetes Secret in the project's namespace.
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Every secret with its keys and the functions that use it; never a value.
-    Ls,
+    Ls {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Remove a key, or the whole secret.
-    Rm { name: String, key: Option<String> },
+    Rm {
+        name: String,
+        key: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
 }
 
 /// What `cubeflash bench` does besides running a plan.

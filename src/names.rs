@@ -14,6 +14,8 @@ pub const ROUTES_CONFIGMAP: &str = "cubeflash-routes";
 pub const ROUTES_KEY: &str = "routes.json";
 /// The field manager of `cubeflash deploy`'s server-side applies.
 pub const DEPLOY_MANAGER: &str = "cubeflash";
+/// The field manager of `cubeflash secret set --target kubernetes`.
+pub const SECRET_MANAGER: &str = "cubeflash-secret";
 /// The field manager of the gateway's scale patches.
 pub const SCALE_MANAGER: &str = "cubeflash-gateway";
 

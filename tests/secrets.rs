@@ -153,3 +153,53 @@ fn a_cluster_deploy_checks_the_secrets_exist_before_applying_anything() {
     let o = fake_kube::deploy(dir.path(), &kc, &["--no-wait"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
+
+#[test]
+fn secret_set_for_a_cluster_applies_one_key_of_a_secret_that_no_deploy_prunes() {
+    let api = fake_kube::FakeApi::start();
+    let dir = common::temp_tree(&[
+        ("cubeflash.yaml", "namespace: demo\n"),
+        (
+            "functions/app/function.yaml",
+            "name: app\nruntime: python\nhandler: handler.py\nsecrets: [db]\n",
+        ),
+        ("functions/app/handler.py", READS),
+    ]);
+    let kc = api.kubeconfig(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["secret", "set", "db", "password", "--target", "kubernetes"])
+        .current_dir(dir.path())
+        .env("KUBECONFIG", &kc)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).contains("hunter2"));
+    let patch = api
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "PATCH" && s.path == "/api/v1/namespaces/demo/secrets/db")
+        .expect("an apply of the Secret");
+    assert_eq!(
+        patch.query.get("fieldManager").map(String::as_str),
+        Some("cubeflash-secret")
+    );
+    assert_eq!(patch.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        patch.body["data"]["password"], "aHVudGVyMg==",
+        "{:?}",
+        patch.body
+    );
+    assert!(
+        patch.body["metadata"]["labels"].is_null(),
+        "no managed-by label: prune leaves it alone"
+    );
+    // The deploy's check now finds it.
+    assert!(common::cubeflash(dir.path(), &["render"]).status.success());
+    let o = fake_kube::deploy(dir.path(), &kc, &["--no-wait"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}

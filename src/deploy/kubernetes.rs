@@ -95,6 +95,8 @@ pub enum KubeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no Secret {name} in namespace {namespace}")]
+    NoSuchSecret { name: String, namespace: String },
     #[error("no admin token: the {secret} Secret in namespace {namespace} has no `token` key; set CUBEFLASH_ADMIN_TOKEN, or create it: kubectl -n {namespace} create secret generic {secret} --from-literal=token=$(openssl rand -hex 24)")]
     NoAdminToken { secret: String, namespace: String },
 }

@@ -9,7 +9,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::{classify, managed_selector, KubeError};
-use crate::names::{labels, ADMIN_SECRET};
+use crate::names::{labels, ADMIN_SECRET, SECRET_MANAGER};
 
 /// The `token` key of the gateway's admin Secret.
 pub async fn admin_token(client: Client, url: &str, namespace: &str) -> Result<String, KubeError> {
@@ -59,6 +59,91 @@ pub async fn missing_secrets(
         }
     }
     Ok(missing)
+}
+
+/// Sets `key` of the Secret `name` (created if missing) with a server-side apply of field
+/// manager `cubeflash-secret`: other keys stay as they are. The Secret carries no
+/// `managed-by: cubeflash` label, so a deploy never prunes it.
+pub async fn set_secret(
+    client: Client,
+    url: &str,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<(), KubeError> {
+    use base64::Engine;
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {key: base64::engine::general_purpose::STANDARD.encode(value)},
+    });
+    secrets
+        .patch(
+            name,
+            &kube::api::PatchParams::apply(SECRET_MANAGER),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| classify(e, "patch", "secrets", namespace, name, url))?;
+    Ok(())
+}
+
+/// Removes `key` from the Secret `name`, or the whole Secret.
+pub async fn remove_secret(
+    client: Client,
+    url: &str,
+    namespace: &str,
+    name: &str,
+    key: Option<&str>,
+) -> Result<(), KubeError> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let result = match key {
+        Some(k) => secrets
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"data": {k: null}})),
+            )
+            .await
+            .map(|_| ()),
+        None => secrets
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .map(|_| ()),
+    };
+    result.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 404 => KubeError::NoSuchSecret {
+            name: name.into(),
+            namespace: namespace.into(),
+        },
+        e => classify(e, "patch", "secrets", namespace, name, url),
+    })
+}
+
+/// The keys of each named Secret (None: not there); never a value on the screen.
+pub async fn secret_keys(
+    client: Client,
+    url: &str,
+    namespace: &str,
+    names: &[String],
+) -> Result<Vec<(String, Option<Vec<String>>)>, KubeError> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let mut out = Vec::new();
+    for name in names {
+        let found = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| classify(e, "get", "secrets", namespace, name, url))?;
+        out.push((
+            name.clone(),
+            found.map(|s| s.data.unwrap_or_default().into_keys().collect()),
+        ));
+    }
+    Ok(out)
 }
 
 /// CPU in use, in cores, by each function's pods: (function, component) -> cores, where the
