@@ -45,12 +45,16 @@ fn publish(url: &str, subject: &str, bodies: &[String]) {
     });
 }
 
-/// Messages now in `stream`.
+/// Messages now in `stream`; 0 while it does not exist yet (the dead-letter stream is
+/// made at the first dead letter, so a wait may ask before it is there).
 fn stream_len(url: &str, stream: &str) -> u64 {
     rt().block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-        let mut s = js.get_stream(stream).await.unwrap();
-        s.info().await.unwrap().state.messages
+        match js.get_stream(stream).await {
+            Ok(mut s) => s.info().await.unwrap().state.messages,
+            Err(e) if e.to_string().contains("stream not found") => 0,
+            Err(e) => panic!("stream {stream}: {e}"),
+        }
     })
 }
 
