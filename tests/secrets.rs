@@ -116,17 +116,22 @@ fn bad_secret_names_are_refused_where_they_are_written() {
     assert!(err.contains("a key is a file name"), "{err}");
 }
 
-#[test]
-fn a_cluster_deploy_checks_the_secrets_exist_before_applying_anything() {
-    let api = fake_kube::FakeApi::start();
-    let dir = common::temp_tree(&[
+/// A repo for namespace `demo` with one function `app` that names the secret `db`.
+fn cluster_repo() -> tempfile::TempDir {
+    common::temp_tree(&[
         ("cubeflash.yaml", "namespace: demo\n"),
         (
             "functions/app/function.yaml",
             "name: app\nruntime: python\nhandler: handler.py\nsecrets: [db]\n",
         ),
         ("functions/app/handler.py", READS),
-    ]);
+    ])
+}
+
+#[test]
+fn a_cluster_deploy_checks_the_secrets_exist_before_applying_anything() {
+    let api = fake_kube::FakeApi::start();
+    let dir = cluster_repo();
     assert!(common::cubeflash(dir.path(), &["render"]).status.success());
     let kc = api.kubeconfig(dir.path());
     let o = fake_kube::deploy(dir.path(), &kc, &["--no-wait"]);
@@ -157,14 +162,7 @@ fn a_cluster_deploy_checks_the_secrets_exist_before_applying_anything() {
 #[test]
 fn secret_set_for_a_cluster_applies_one_key_of_a_secret_that_no_deploy_prunes() {
     let api = fake_kube::FakeApi::start();
-    let dir = common::temp_tree(&[
-        ("cubeflash.yaml", "namespace: demo\n"),
-        (
-            "functions/app/function.yaml",
-            "name: app\nruntime: python\nhandler: handler.py\nsecrets: [db]\n",
-        ),
-        ("functions/app/handler.py", READS),
-    ]);
+    let dir = cluster_repo();
     let kc = api.kubeconfig(dir.path());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
         .args(["secret", "set", "db", "password", "--target", "kubernetes"])
@@ -178,6 +176,18 @@ fn secret_set_for_a_cluster_applies_one_key_of_a_secret_that_no_deploy_prunes() 
     child.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // A key that is not a file name is refused here, before the API server sees it.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cubeflash"))
+        .args(["secret", "rm", "db", "../x", "--target", "kubernetes"])
+        .current_dir(dir.path())
+        .env("KUBECONFIG", &kc)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("a key is a file name"));
+    assert!(!api
+        .seen()
+        .iter()
+        .any(|s| s.method == "DELETE" || s.path.contains("..")));
     assert!(!text(&o.stdout).contains("hunter2"));
     let patch = api
         .seen()

@@ -129,8 +129,7 @@ fn in_cluster(
             from_file,
             ..
         } => {
-            crate::spec::values::check_dns_label(&name, 56)
-                .map_err(|why| anyhow::anyhow!("secret name {name:?}: {why}"))?;
+            secrets::check(&name, Some(&key))?;
             let value = read_value(from_file.as_deref())?;
             rt.block_on(usage::set_secret(
                 client, &url, &namespace, &name, &key, &value,
@@ -166,6 +165,7 @@ fn in_cluster(
             super::platform::write_table(out, &["NAME", "KEYS", "USED BY"], &rows)?;
         }
         SecretAction::Rm { name, key, .. } => {
+            secrets::check(&name, key.as_deref())?;
             rt.block_on(usage::remove_secret(
                 client,
                 &url,

@@ -211,6 +211,16 @@ pub async fn install(
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     std::fs::set_permissions(&tmp, open).map_err(io(&tmp))?;
     let name = f.spec.name.clone();
+    // The requirements as loaded (what the key was computed from), not functions/ as it is
+    // now, which may have been edited since.
+    let requirements = entries.join(format!(
+        ".{}.{}.requirements.txt",
+        needs.key,
+        std::process::id()
+    ));
+    if let Some(c) = f.files.iter().find(|c| c.path == REQUIREMENTS) {
+        std::fs::write(&requirements, &c.bytes).map_err(io(&requirements))?;
+    }
     let (program, args, file): (String, Vec<String>, &str) = match needs.kind {
         Kind::Pip => (
             python.to_string(),
@@ -224,7 +234,7 @@ pub async fn install(
                 "--target".into(),
                 tmp.to_string_lossy().into_owned(),
                 "-r".into(),
-                source.join(REQUIREMENTS).to_string_lossy().into_owned(),
+                requirements.to_string_lossy().into_owned(),
             ],
             REQUIREMENTS,
         ),
@@ -262,10 +272,16 @@ pub async fn install(
         .env("PIP_ROOT_USER_ACTION", "ignore")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    let output = command.output().await.map_err(|source| DepsError::Spawn {
-        function: name.clone(),
-        program: program.clone(),
-        source,
+    let output = command.output().await;
+    let _ = std::fs::remove_file(&requirements);
+    let output = output.map_err(|source| {
+        // No installer to run: nothing of this attempt stays in the cache.
+        let _ = std::fs::remove_dir_all(&tmp);
+        DepsError::Spawn {
+            function: name.clone(),
+            program: program.clone(),
+            source,
+        }
     })?;
     if !output.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -42,9 +42,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError {
     move |source| SecretError::Io { path, source }
 }
 
-/// A secret's name is a DNS-1123 label (as a Kubernetes volume's); a key is a file name.
-fn check(name: &str, key: Option<&str>) -> Result<(), SecretError> {
-    crate::spec::values::check_dns_label(name, 63).map_err(|why| SecretError::BadName {
+/// A secret's name is a DNS-1123 label of at most 56 (its volume `secret-<name>` must fit
+/// 63); a key is a file name. The same rule locally and for a cluster's Secrets.
+pub fn check(name: &str, key: Option<&str>) -> Result<(), SecretError> {
+    crate::spec::values::check_dns_label(name, 56).map_err(|why| SecretError::BadName {
         what: "secret name",
         name: name.into(),
         why,
