@@ -58,7 +58,7 @@ import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 med = [statistics.median(c) for c in zip(*rows)]
 print(f"median req/s: cubeflash {med[0]:.0f}  wrk {med[1]:.0f}  oha {med[2]:.0f}")
-print(f"ratio cubeflash/wrk {med[0]/med[1]:.2f} (target >= 0.9)   cubeflash/oha {med[0]/med[2]:.2f} (target >= 1.0)")
+print(f"ratio cubeflash/wrk {med[0]/med[1]:.2f} (target >= 1.0)   cubeflash/oha {med[0]/med[2]:.2f} (target >= 1.0)")
 print("per-round ratios vs wrk: " + " ".join(f"{r[0]/r[1]:.2f}" for r in rows))
 print("per-round ratios vs oha: " + " ".join(f"{r[0]/r[2]:.2f}" for r in rows))
 PY

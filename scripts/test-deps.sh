@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs when it is missing: python3 (with venv), node, java with
+# Installs what the test suite needs when it is missing: python3 (with venv), node, chromium
+# and chromedriver, java with
 # HdrHistogram's jar (the reference the bench outputs are checked against), and
 # kubernetes-validate in a project-local venv under .tools/. Safe to run again: it only
 # installs what is absent. Prints the venv's bin folder on its last line.
@@ -38,6 +39,10 @@ if ! command -v java >/dev/null || [ ! -f /usr/share/java/hdrhistogram.jar ]; th
 fi
 # NATS with JetStream for the queue-trigger tests (started on a free loopback port by them).
 command -v nats-server >/dev/null || apt_install nats-server
+# Headless Chromium and its WebDriver for the dashboard's browser test.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver
+fi
 
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1; then

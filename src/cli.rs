@@ -129,6 +129,10 @@ pub enum Command {
         /// it with `cubeflash calls show ID`.
         #[arg(long = "async")]
         is_async: bool,
+        /// Send a test event from functions/NAME/events/EVENT.json (its method, path,
+        /// headers and body; -H adds headers).
+        #[arg(short, long, conflicts_with_all = ["data", "method"])]
+        event: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

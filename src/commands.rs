@@ -98,6 +98,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             headers,
             method,
             is_async,
+            event,
             gateway,
         } => platform::invoke(
             &mut out,
@@ -108,6 +109,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 headers,
                 method,
                 is_async,
+                event,
             },
             gateway,
         ),

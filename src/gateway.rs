@@ -11,8 +11,10 @@ pub mod api;
 pub mod async_calls;
 pub mod body;
 pub mod client;
+pub mod dashboard;
 pub mod dispatch;
 pub mod function;
+pub mod history;
 pub mod kubernetes;
 pub mod local;
 pub mod metrics;
@@ -22,6 +24,7 @@ pub mod scaler;
 pub mod serve;
 pub mod table;
 pub mod tokens;
+pub mod ui;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -152,6 +155,9 @@ pub struct Gateway {
     draining: AtomicBool,
     /// The address actually bound (port 0 resolved).
     pub local_addr: RwLock<Option<SocketAddr>>,
+    /// The dashboard's charts and its live table (`dashboard.rs`).
+    pub history: history::History,
+    dashboard: dashboard::DashboardState,
 }
 
 /// A JSON error body: {"error": ..., "function": ...}.
@@ -214,6 +220,8 @@ impl Gateway {
             ),
             draining: AtomicBool::new(false),
             local_addr: RwLock::new(None),
+            history: history::History::default(),
+            dashboard: dashboard::DashboardState::default(),
         })
     }
 
@@ -313,6 +321,11 @@ impl Gateway {
         format!("http://{}", SocketAddr::new(ip, addr.port()))
     }
 
+    /// SIGTERM arrived: requests in flight are finishing.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Why the gateway is not ready to serve (draining, or the backend's trouble).
     pub fn not_ready(&self) -> Option<String> {
         if self.draining.load(Ordering::Relaxed) {
@@ -374,11 +387,7 @@ impl Gateway {
             return Box::pin(self.accept_async(req, &rest)).await;
         }
         if path == "/ui" || path.starts_with("/ui/") {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("{path} is not served yet: the dashboard is not built in this version of cubeflash"),
-                None,
-            );
+            return ui::serve(self, &req);
         }
         match routes.trigger(req.method().as_str(), path) {
             Match::Found(f) => {
@@ -399,6 +408,9 @@ impl Gateway {
                     resp.headers_mut().insert(hyper::header::ALLOW, v);
                 }
                 resp
+            }
+            Match::NotFound if path == "/" && req.method() == hyper::Method::GET => {
+                ui::to_dashboard()
             }
             Match::NotFound => json_error(
                 StatusCode::NOT_FOUND,

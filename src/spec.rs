@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod diagnostic;
+pub mod events;
 pub mod function;
 pub mod handlers;
 pub mod project;

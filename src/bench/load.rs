@@ -524,15 +524,31 @@ impl Worker {
         self.shared.cancel.load(Ordering::Relaxed)
     }
 
-    /// Sends one request, giving up after the step's timeout.
+    /// Sends one request, giving up after the step's timeout. The timer is moved only when
+    /// it fires before this request's deadline (about once per timeout, not per request: a
+    /// reset is a timer-wheel removal and insertion, the generator's largest user-space cost
+    /// after parsing).
     async fn send(&mut self, req: &PreparedRequest, sent: Instant) -> Result<u16, Outcome> {
-        self.timer
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(sent + self.clock.timeout));
-        tokio::select! {
-            biased;
-            r = self.conn.send(req) => r.map_err(Outcome::Failed),
-            _ = self.timer.as_mut() => {
+        let deadline = tokio::time::Instant::from_std(sent + self.clock.timeout);
+        let answer = {
+            let send = self.conn.send(req);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut send => break Some(r),
+                    _ = self.timer.as_mut() => {
+                        if self.timer.deadline() >= deadline {
+                            break None;
+                        }
+                        self.timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+        };
+        match answer {
+            Some(r) => r.map_err(Outcome::Failed),
+            None => {
                 self.conn.close();
                 Err(Outcome::Timeout)
             }

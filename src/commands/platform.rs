@@ -582,6 +582,7 @@ pub struct InvokeArgs {
     pub headers: Vec<String>,
     pub method: Option<String>,
     pub is_async: bool,
+    pub event: Option<String>,
 }
 
 /// `cubeflash invoke`: prints the body to stdout (with `--async`, the call id); a non-2xx
@@ -595,9 +596,10 @@ pub fn invoke(
 ) -> Result<Outcome> {
     let InvokeArgs {
         data,
-        headers,
-        method,
+        mut headers,
+        mut method,
         is_async,
+        event,
     } = call;
     if is_async
         && method
@@ -616,7 +618,33 @@ pub fn invoke(
             url
         }
     };
-    let body = read_body(data.as_deref())?;
+    let mut body = read_body(data.as_deref())?;
+    let mut suffix = String::new();
+    if let Some(event) = &event {
+        let Some(root) = &root else {
+            bail!("--event reads functions/{name}/events/{event}.json from the repo: run it inside one, or pass --dir");
+        };
+        let e = crate::spec::events::load(root, name, event)?;
+        if let Some((bytes, kind)) = e.body_bytes() {
+            if !e
+                .headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("content-type"))
+            {
+                headers.insert(0, format!("Content-Type: {kind}"));
+            }
+            body = Some(bytes);
+        }
+        // The event's own headers, then those -H adds.
+        let own: Vec<String> = e.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        headers.splice(0..0, own);
+        method = Some(e.method.clone());
+        suffix = if e.path == "/" {
+            String::new()
+        } else {
+            e.path.clone()
+        };
+    }
     let method = method.unwrap_or_else(|| {
         if body.is_some() || is_async {
             "POST".into()
@@ -628,7 +656,7 @@ pub fn invoke(
         .map_err(|_| anyhow!("{method:?} is not an HTTP method"))?;
     let (status, from_gateway, bytes) = runtime()?.block_on(async {
         let route = if is_async { "async-function" } else { "function" };
-        let mut req = client().request(method, format!("{url}/{route}/{name}"));
+        let mut req = client().request(method, format!("{url}/{route}/{name}{suffix}"));
         for h in &headers {
             let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("header {h:?} must look like `Name: value`"))?;
             req = req.header(k.trim(), v.trim());

@@ -83,6 +83,14 @@ impl Gateway {
             );
         }
         let parts: Vec<&str> = path.trim_start_matches("/system/").split('/').collect();
+        if let Some(route) =
+            super::dashboard::route(&method, &parts, &query, access == Access::Admin)
+        {
+            return self.dashboard(route);
+        }
+        if method == Method::POST && parts == ["functions"] {
+            return self.create_function(req).await;
+        }
         let routes = self.routes();
         let find = |name: &str| routes.by_name.get(name).cloned();
         let unknown = |name: &str| routes.no_such_function(name);
@@ -101,7 +109,10 @@ impl Gateway {
             },
             (Method::DELETE, ["functions", name]) => {
                 if self.remove(name).await {
-                    tracing::info!(function = %name, "deleted through the admin API");
+                    self.note_action(
+                        format!("deleted {name}"),
+                        format!("cubeflash delete {name}"),
+                    );
                     json_response(
                         StatusCode::OK,
                         &api::Deleted {
@@ -118,7 +129,10 @@ impl Gateway {
                 };
                 match requested_replicas(req, f.entry.scale.max, name).await {
                     Ok(n) => {
-                        tracing::info!(function = %name, replicas = n, "scaled through the admin API");
+                        self.note_action(
+                            format!("scaled {name} to {n}"),
+                            format!("cubeflash scale {name} {n}"),
+                        );
                         f.touch();
                         f.serverless.scale_to(n, true);
                         json_response(StatusCode::OK, &self.describe(&f))
@@ -130,17 +144,33 @@ impl Gateway {
                 let Some(f) = find(name) else {
                     return unknown(name);
                 };
-                let lines = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("lines="))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(100);
-                match f.serverless.log_tail(lines) {
-                    Some(lines) => json_response(
+                let param = |key: &str| {
+                    form_urlencoded::parse(query.as_bytes())
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.into_owned())
+                };
+                let lines = param("lines").and_then(|n| n.parse().ok()).unwrap_or(100);
+                let after = param("after").and_then(|n| n.parse().ok()).unwrap_or(0);
+                // A call's lines carry its id (the shims tag them); text matches anywhere.
+                let call = param("call")
+                    .filter(|c| !c.is_empty())
+                    .map(|c| format!("[call {c}]"));
+                let text = param("q")
+                    .filter(|q| !q.is_empty())
+                    .map(|q| q.to_lowercase());
+                let keep = |line: &str| {
+                    call.as_deref().is_none_or(|c| line.contains(c))
+                        && text
+                            .as_deref()
+                            .is_none_or(|t| line.to_lowercase().contains(t))
+                };
+                match f.serverless.log_since(after, lines, &keep) {
+                    Some((lines, next)) => json_response(
                         StatusCode::OK,
                         &api::Logs {
                             function: name.to_string(),
                             lines,
+                            next,
                         },
                     ),
                     None => json_error(
@@ -161,7 +191,19 @@ impl Gateway {
                 self.calls_api(&calls, method, &parts[1..], &query).await
             }
             (Method::POST, ["reload"]) => match self.reload(query != "verify=false").await {
-                Ok(summary) => json_response(StatusCode::OK, &summary),
+                Ok(summary) => {
+                    self.note_action(
+                        format!(
+                            "reloaded from the repo: {} added, {} changed, {} removed, {} failed",
+                            summary.added.len(),
+                            summary.changed.len(),
+                            summary.removed.len(),
+                            summary.failed.len()
+                        ),
+                        "cubeflash deploy".into(),
+                    );
+                    json_response(StatusCode::OK, &summary)
+                }
                 Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, &e, None),
             },
             _ => json_error(
@@ -245,6 +287,10 @@ impl Gateway {
                 match calls.store.redrive(id).await {
                     Ok(call) => {
                         calls.wake.notify_one();
+                        self.note_action(
+                            format!("redrove call {id} of {}", call.function),
+                            format!("cubeflash calls redrive {id}"),
+                        );
                         json_response(StatusCode::OK, &call)
                     }
                     Err(e) => failed(e),
@@ -253,7 +299,13 @@ impl Gateway {
             (Method::DELETE, [id]) => {
                 let shown = id.to_string();
                 match calls.store.purge(id).await {
-                    Ok(true) => json_response(StatusCode::OK, &serde_json::json!({ "purged": shown })),
+                    Ok(true) => {
+                        self.note_action(
+                            format!("purged call {shown}"),
+                            format!("cubeflash calls purge {shown}"),
+                        );
+                        json_response(StatusCode::OK, &serde_json::json!({ "purged": shown }))
+                    }
                     Ok(false) => failed(StoreError::NotFound(shown)),
                     Err(e) => failed(e),
                 }

@@ -116,6 +116,10 @@ pub struct Deleted {
 pub struct Logs {
     pub function: String,
     pub lines: Vec<String>,
+    /// Pass as `after=` to get only the lines written since (`follow`); lines are numbered
+    /// as they arrive.
+    #[serde(default)]
+    pub next: u64,
 }
 
 /// POST /system/reload[?verify=false]: what changed. A function in `failed` was not switched
@@ -241,4 +245,150 @@ pub struct Accepted {
     pub status_url: String,
     /// An `Idempotency-Key` seen before: this is the first call's id, nothing new was stored.
     pub duplicate: bool,
+}
+
+/// One bucket of a function's recent history (GET /system/functions/NAME/history): what
+/// the gateway answered in it and what the function held at its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Point {
+    /// The bucket's end, in ms since the Unix epoch.
+    pub t: u64,
+    pub requests: u64,
+    /// Answers of 500 and above (the gateway's own 502/503/504 among them).
+    pub errors: u64,
+    /// Latency percentiles of the answered requests, from the gateway's histograms
+    /// (interpolated within a bucket); none when nothing was answered.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub replicas: u32,
+    pub cold_starts: u64,
+}
+
+/// GET /system/functions/NAME/history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub function: String,
+    pub bucket_ms: u64,
+    /// Oldest first.
+    pub points: Vec<Point>,
+}
+
+/// What the dashboard's table shows of a function besides `FunctionInfo`: the last
+/// minute's traffic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub requests_per_second: f64,
+    /// Share of answers that were 5xx, 0 to 1.
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub last_cold_start_ms: Option<u64>,
+}
+
+/// The repo a local gateway serves, as git and `render --check` see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    pub commit: Option<String>,
+    /// Uncommitted changes in the working tree.
+    pub dirty: bool,
+    /// `render --check` fails: generated/ does not match functions/ and templates/.
+    pub generated_stale: bool,
+    /// Why a part could not be read (no git, not a repo...).
+    pub note: Option<String>,
+}
+
+/// One line of the gateway's action log (scale, delete, reload, create, redrive...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionLine {
+    pub at_ms: u64,
+    pub action: String,
+    /// The CLI command that does the same.
+    pub command: String,
+}
+
+/// GET /system/overview, and each `overview` event of GET /system/stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub backend: String,
+    pub gateway_url: String,
+    pub provenance: Option<Provenance>,
+    pub functions: Vec<FunctionInfo>,
+    pub rates: std::collections::BTreeMap<String, Rates>,
+    /// The latest actions, newest last.
+    pub actions: Vec<ActionLine>,
+}
+
+/// A test event, `functions/NAME/events/EVENT.json`: a request to send to the function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestEvent {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_event_method")]
+    pub method: String,
+    /// Appended to the function's URL: `/`, `/items?id=3`.
+    #[serde(default = "default_event_path")]
+    pub path: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Text, or any JSON value (sent as JSON).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+fn default_event_method() -> String {
+    "GET".into()
+}
+
+fn default_event_path() -> String {
+    "/".into()
+}
+
+/// GET /system/whoami: what the bearer's token allows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Whoami {
+    /// "admin" or "read-only".
+    pub access: String,
+    pub backend: String,
+    /// Whether the dashboard can create functions and reload from the repo (local target).
+    pub repo: Option<String>,
+}
+
+/// POST /system/functions (local target, admin token): what `cubeflash new` takes, and
+/// optionally the handler's text in place of the scaffold's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewFunction {
+    pub name: String,
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub handler: Option<String>,
+}
+
+/// The 201 of POST /system/functions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Created {
+    pub name: String,
+    pub url: String,
+    /// The files written, relative to the repo: commit them.
+    pub files: Vec<String>,
+    /// The CLI commands that do the same.
+    pub command: String,
+}
+
+/// GET /system/scaffold?runtime=R: the handler `cubeflash new` would write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaffold {
+    pub runtime: Runtime,
+    pub file: String,
+    pub handler: String,
 }

@@ -223,7 +223,14 @@ impl Gateway {
             f.hot.ok.inc();
         } else {
             let function = match side {
-                Side::Serverless => f.name().to_string(),
+                Side::Serverless => {
+                    let label = super::metrics::label(f.name());
+                    self.metrics.not_ok.get_or_create(&label).inc();
+                    if code >= 500 {
+                        self.metrics.server_errors.get_or_create(&label).inc();
+                    }
+                    f.name().to_string()
+                }
                 Side::Baseline => format!("{}-baseline", f.name()),
             };
             self.metrics
@@ -290,6 +297,8 @@ impl Gateway {
             })?;
         }
         proxy::strip_hop_by_hop(&mut parts.headers);
+        // Asked by the dashboard's console: where this call's time went.
+        let timing = parts.headers.contains_key(proxy::TIMING);
         proxy::strip_internal(&mut parts.headers);
         proxy::set_forwarded(&mut parts.headers, client);
         parts.headers.insert(CALL_ID, call_id.clone());
@@ -305,7 +314,7 @@ impl Gateway {
             }
         }
         parts.version = hyper::Version::HTTP_11;
-        self.forward(f, Request::from_parts(parts, body), started, side)
+        self.forward(f, Request::from_parts(parts, body), started, (side, timing))
             .await
     }
 
@@ -315,7 +324,7 @@ impl Gateway {
         f: &Arc<FunctionState>,
         mut request: Request<RequestBody>,
         started: Instant,
-        side: Side,
+        (side, timing): (Side, bool),
     ) -> Result<Response<GatewayBody>, Reject> {
         let idempotent = matches!(
             *request.method(),
@@ -423,6 +432,12 @@ impl Gateway {
                     head.headers.insert(COLD_START, v);
                 }
             }
+            if timing {
+                head.headers.insert(
+                    proxy::SERVER_TIMING,
+                    server_timing(&lease, started, sent, now),
+                );
+            }
             let held = Held {
                 _inflight: inflight,
                 _slot: lease.slot,
@@ -487,6 +502,10 @@ impl Gateway {
                     .cold_start_duration
                     .get_or_create(&label(&name))
                     .observe(took.as_secs_f64());
+                self.metrics
+                    .last_cold_start_ms
+                    .get_or_create(&label(&name))
+                    .set(took.as_millis().min(i64::MAX as u128) as i64);
                 let endpoint = &lease.slot.endpoint;
                 let first_byte = now.saturating_duration_since(endpoint.ready_at);
                 for (phase, d) in [
@@ -659,6 +678,25 @@ fn distinct_tail(lines: Vec<String>, n: usize) -> Vec<String> {
 }
 
 /// A copy of `req` to send again, when its body is all in memory.
+/// `Server-Timing` of one call: the wait for a replica (a cold start's, or the queue's), the
+/// replica's own time to its response head, and the gateway's (the rest), in ms.
+fn server_timing(lease: &Lease, started: Instant, sent: Instant, now: Instant) -> HeaderValue {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let waited = lease.waited.unwrap_or_default();
+    let function = now.saturating_duration_since(sent);
+    let gateway = now
+        .saturating_duration_since(started)
+        .saturating_sub(waited + function);
+    let wait = if lease.cold { "cold" } else { "queue" };
+    let text = format!(
+        "{wait};dur={:.3}, function;dur={:.3}, gateway;dur={:.3}",
+        ms(waited),
+        ms(function),
+        ms(gateway)
+    );
+    HeaderValue::from_str(&text).expect("digits and names are a valid header value")
+}
+
 fn replay(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     let body = req.body().replay()?;
     let mut copy = Request::new(body);

@@ -99,6 +99,17 @@ impl LatencyHistogram {
         }
     }
 
+    /// The bucket upper bounds (the last one +Inf) and their counts now.
+    pub fn snapshot(&self) -> (&[f64], Vec<u64>) {
+        let counts = self
+            .inner
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        (&self.inner.bounds, counts)
+    }
+
     pub fn observe(&self, seconds: f64) {
         let i = self
             .inner
@@ -162,6 +173,12 @@ pub struct Metrics {
     pub queue_dead: Family<QueueLabels, Counter>,
     pub queue_backlog: Family<QueueLabels, Gauge>,
     pub queue_connected: Family<QueueLabels, Gauge>,
+    /// Not exported (`requests` has them by code): answers other than 200, and those of
+    /// them 5xx, per function, for the dashboard's history; and the last cold start's
+    /// duration in ms.
+    pub not_ok: Family<FunctionLabel, Counter>,
+    pub server_errors: Family<FunctionLabel, Counter>,
+    pub last_cold_start_ms: Family<FunctionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -192,6 +209,9 @@ impl Default for Metrics {
             queue_dead: Family::default(),
             queue_backlog: Family::default(),
             queue_connected: Family::default(),
+            not_ok: Family::default(),
+            server_errors: Family::default(),
+            last_cold_start_ms: Family::default(),
             registry: Registry::default(),
         };
         registry.register(

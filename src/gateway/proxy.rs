@@ -14,6 +14,9 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 
 pub const CALL_ID: HeaderName = HeaderName::from_static("x-cubeflash-call-id");
+/// A client that sends it gets `Server-Timing` on the answer (the dashboard's console).
+pub const TIMING: HeaderName = HeaderName::from_static("x-cubeflash-timing");
+pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub const COLD_START: HeaderName = HeaderName::from_static("x-cubeflash-cold-start");
 /// Which internal trigger made the call (schedule); only the gateway sets it.
 /// On answers the gateway gives itself: `gateway`.

@@ -152,6 +152,7 @@ impl Gateway {
             None => Vec::new(),
         };
         loops.push(tokio::spawn(autoscale_loop(self.clone())));
+        loops.push(tokio::spawn(self.clone().dashboard_loop()));
         let workers = std::env::var("CUBEFLASH_WORKERS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -178,6 +179,7 @@ impl Gateway {
         tracing::info!(url = %self.url(), workers, "gateway listening");
         shutdown.await;
         self.draining.store(true, Ordering::Relaxed);
+        self.end_streams();
         tracing::info!(grace = ?self.config.grace, "shutting down: draining requests in flight");
         let _ = stop.send(true);
         for t in threads {

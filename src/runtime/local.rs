@@ -385,7 +385,7 @@ pub fn log_path(state_dir: &Path, function: &str) -> PathBuf {
 /// A function's recent output, shared by its replicas.
 #[derive(Debug, Default)]
 pub struct LogBuffer {
-    lines: Mutex<VecDeque<String>>,
+    lines: Mutex<Lines>,
     file: Option<Mutex<std::fs::File>>,
     /// A path in the output shown as another (a version's code copy as functions/NAME).
     rewrite: Option<(String, String)>,
@@ -433,21 +433,51 @@ impl LogBuffer {
             let _ = writeln!(f.lock().expect("log file lock"), "{line}");
         }
         let mut lines = self.lines.lock().expect("log lock");
-        if lines.len() == LOG_LINES {
-            lines.pop_front();
+        if lines.kept.len() == LOG_LINES {
+            lines.kept.pop_front();
         }
-        lines.push_back(line);
+        lines.kept.push_back(line);
+        lines.next += 1;
     }
 
     /// The last `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let lines = self.lines.lock().expect("log lock");
-        lines
-            .iter()
-            .skip(lines.len().saturating_sub(n))
+        let kept = &lines.kept;
+        kept.iter()
+            .skip(kept.len().saturating_sub(n))
             .cloned()
             .collect()
     }
+
+    /// The last `n` lines numbered above `after` that `keep` accepts, oldest first, and the
+    /// number to pass as `after` next time to see only lines written since (lines are
+    /// numbered from 1 as they arrive). An `after` past the last line (a new buffer since)
+    /// starts from the beginning.
+    pub fn since(&self, after: u64, n: usize, keep: &dyn Fn(&str) -> bool) -> (Vec<String>, u64) {
+        let lines = self.lines.lock().expect("log lock");
+        let first = lines.next - lines.kept.len() as u64 + 1;
+        let after = if after > lines.next { 0 } else { after };
+        let skip = after.saturating_sub(first - 1).min(lines.kept.len() as u64) as usize;
+        let mut picked: Vec<String> = lines
+            .kept
+            .iter()
+            .skip(skip)
+            .filter(|l| keep(l))
+            .cloned()
+            .collect();
+        if picked.len() > n {
+            picked.drain(..picked.len() - n);
+        }
+        (picked, lines.next)
+    }
+}
+
+/// Lines kept and how many were ever written.
+#[derive(Debug, Default)]
+struct Lines {
+    kept: VecDeque<String>,
+    next: u64,
 }
 
 /// A started replica process.
@@ -688,5 +718,37 @@ mod tests {
             ]
         );
         assert_eq!(logs.tail(usize::MAX).len(), LOG_LINES);
+    }
+
+    #[test]
+    fn log_lines_resume_after_the_last_seen_without_repeats() {
+        let logs = LogBuffer::default();
+        let all = |_: &str| true;
+        assert_eq!(logs.since(0, 10, &all), (vec![], 0));
+        for i in 1..=5 {
+            logs.push(format!("[call c{}] line {i}", i % 2));
+        }
+        let (first, next) = logs.since(0, 3, &all);
+        assert_eq!(
+            first,
+            ["[call c1] line 3", "[call c0] line 4", "[call c1] line 5"]
+        );
+        assert_eq!(next, 5);
+        assert_eq!(logs.since(next, 10, &all), (vec![], 5));
+        logs.push("[call c0] line 6".into());
+        assert_eq!(
+            logs.since(next, 10, &all),
+            (vec!["[call c0] line 6".to_string()], 6)
+        );
+        let one_call = |l: &str| l.contains("[call c0]");
+        assert_eq!(logs.since(0, 10, &one_call).0.len(), 3);
+        // A number from an earlier buffer (past this one's end) starts over.
+        assert_eq!(logs.since(99, 10, &all).0.len(), 6);
+        for i in 0..LOG_LINES {
+            logs.push(format!("more {i}"));
+        }
+        let (lines, next) = logs.since(2, usize::MAX, &all);
+        assert_eq!(lines.len(), LOG_LINES, "only what is still kept");
+        assert_eq!(next, (6 + LOG_LINES) as u64);
     }
 }

@@ -155,6 +155,16 @@ pub trait ReplicaPool: Send + Sync + 'static {
     }
     /// The last `n` lines of the replicas' output, where the backend keeps them.
     fn log_tail(&self, n: usize) -> Option<Vec<String>>;
+    /// Up to `n` lines written after line number `after` that `keep` accepts, and the
+    /// number to resume from (`LogBuffer::since`), where the backend keeps them.
+    fn log_since(
+        &self,
+        _after: u64,
+        _n: usize,
+        _keep: &dyn Fn(&str) -> bool,
+    ) -> Option<(Vec<String>, u64)> {
+        None
+    }
     /// Adds a line of the gateway's own to the function's log, where there is one.
     fn note(&self, _line: String) {}
     /// Stops every replica (locally) or stops managing them (Kubernetes).

@@ -387,6 +387,15 @@ impl ReplicaPool for ReplicaSet {
         Some(self.logs.tail(n))
     }
 
+    fn log_since(
+        &self,
+        after: u64,
+        n: usize,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Option<(Vec<String>, u64)> {
+        Some(self.logs.since(after, n, keep))
+    }
+
     fn note(&self, line: String) {
         self.logs.push(line);
     }

@@ -12,6 +12,20 @@
 const http = require("http");
 const path = require("path");
 const { pathToFileURL } = require("url");
+const { AsyncLocalStorage } = require("async_hooks");
+
+// The call being served: each line the handler writes to stdout or stderr starts with
+// "[call ID] ", so the gateway's logs can show one call's lines under concurrency.
+const CALL = new AsyncLocalStorage();
+for (const stream of [process.stdout, process.stderr]) {
+  const write = stream.write.bind(stream);
+  stream.write = (chunk, ...rest) => {
+    const call = CALL.getStore();
+    if (call === undefined || typeof chunk !== "string" || chunk === "") return write(chunk, ...rest);
+    const tagged = chunk.replace(/^(?=.)/gm, `[call ${call}] `);
+    return write(tagged, ...rest);
+  };
+}
 
 let FUNCTION = process.env.CUBEFLASH_FUNCTION || "function";
 const RESPONSE_KEYS = new Set(["statusCode", "headers", "body", "isBase64Encoded"]);
@@ -173,11 +187,15 @@ async function main() {
         return sendJson(res, 200, { status: "ok" });
       }
       inflight++;
+      const call = request.headers["x-cubeflash-call-id"];
       try {
-        const [status, headers, body] = toResponse(await handle(request));
+        const result = call === undefined ? handle(request) : CALL.run(String(call), () => handle(request));
+        const [status, headers, body] = toResponse(await result);
         send(res, status, headers, body, req.method === "HEAD");
       } catch (err) {
-        console.error(userStack(err));
+        const line = userStack(err);
+        if (call === undefined) console.error(line);
+        else CALL.run(String(call), () => console.error(line));
         const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
         sendJson(res, 500, { error: message, function: FUNCTION });
       } finally {

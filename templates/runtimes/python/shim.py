@@ -21,6 +21,34 @@ FUNCTION = os.environ.get("CUBEFLASH_FUNCTION", "function")
 INFLIGHT = threading.Condition()
 INFLIGHT_COUNT = [0]
 DRAIN_SECONDS = 30
+# The call a thread is serving: each line it writes to stdout or stderr starts with
+# "[call ID] ", so the gateway's logs can show one call's lines under concurrency.
+CALL = threading.local()
+
+
+class CallTagged:
+    """A text stream that prefixes each line a thread writes while it serves a call."""
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def write(self, text):
+        call = getattr(CALL, "id", None)
+        if call is None or not text:
+            return self._raw.write(text)
+        out = []
+        at_start = getattr(CALL, "at_start", True)
+        for piece in text.splitlines(keepends=True):
+            if at_start:
+                out.append(f"[call {call}] ")
+            out.append(piece)
+            at_start = piece.endswith("\n")
+        CALL.at_start = at_start
+        self._raw.write("".join(out))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
 
 
 class Request:
@@ -179,6 +207,14 @@ class Handler(BaseHTTPRequestHandler):
     def invoke(self, url):
         body = self.read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
+        CALL.id = headers.get("x-cubeflash-call-id")
+        CALL.at_start = True
+        try:
+            self.call(url, body, headers)
+        finally:
+            CALL.id = None
+
+    def call(self, url, body, headers):
         req = Request(self.command, url.path, parse_qs(url.query, keep_blank_values=True), headers, body)
         try:
             result = type(self).handle_fn(req)
@@ -252,6 +288,8 @@ def watch_lifeline():
 
 def main():
     sys.stdout.reconfigure(line_buffering=True)
+    sys.stdout = CallTagged(sys.stdout)
+    sys.stderr = CallTagged(sys.stderr)
     if sys.argv[1:2] == ["--pool"]:
         wait_for_function()
         del sys.argv[1]
