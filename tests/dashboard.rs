@@ -115,6 +115,17 @@ fn the_page_is_small_strict_and_needs_no_token_but_its_data_does() {
     assert_eq!(events[0]["body"]["name"], "ada");
 }
 
+/// quote's log lines for a logs query (`call=ID`, `after=N`...).
+fn log_lines(gw: &TestGateway, query: &str) -> Vec<String> {
+    let logs = get(
+        gw,
+        &format!("/system/functions/quote/logs?{query}"),
+        READ_TOKEN,
+    )
+    .1;
+    serde_json::from_value(logs["lines"].clone()).unwrap()
+}
+
 /// Reads server-sent events from /system/stream until `check` accepts an overview.
 fn wait_in_stream(gw: &TestGateway, limit: Duration, check: impl Fn(&Value) -> bool) -> Duration {
     let started = Instant::now();
@@ -193,18 +204,7 @@ fn the_stream_shows_a_scale_within_a_second_and_logs_carry_call_ids() {
     });
     std::thread::sleep(Duration::from_millis(300));
     for (i, id) in ids.iter().enumerate() {
-        let logs = get(
-            &gw,
-            &format!("/system/functions/quote/logs?call={id}"),
-            READ_TOKEN,
-        )
-        .1;
-        let lines: Vec<&str> = logs["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap())
-            .collect();
+        let lines = log_lines(&gw, &format!("call={id}"));
         assert_eq!(lines.len(), 2, "{id}: {lines:?}");
         assert!(
             lines
@@ -225,18 +225,7 @@ fn the_stream_shows_a_scale_within_a_second_and_logs_carry_call_ids() {
     assert_eq!(again["lines"].as_array().unwrap().len(), 0, "{again}");
     client().get(gw.url("/function/quote/once")).send().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let more = get(
-        &gw,
-        &format!("/system/functions/quote/logs?after={next}"),
-        READ_TOKEN,
-    )
-    .1;
-    let more: Vec<&str> = more["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
+    let more = log_lines(&gw, &format!("after={next}"));
     assert_eq!(more.len(), 2, "{more:?}");
     assert!(more.iter().all(|l| l.contains("/once")), "{more:?}");
     let filtered = get(
