@@ -117,9 +117,13 @@ fn the_page_is_small_strict_and_needs_no_token_but_its_data_does() {
 
 /// quote's log lines for a logs query (`call=ID`, `after=N`...).
 fn log_lines(gw: &TestGateway, query: &str) -> Vec<String> {
+    log_lines_of(gw, "quote", query)
+}
+
+fn log_lines_of(gw: &TestGateway, function: &str, query: &str) -> Vec<String> {
     let logs = get(
         gw,
-        &format!("/system/functions/quote/logs?{query}"),
+        &format!("/system/functions/{function}/logs?{query}"),
         READ_TOKEN,
     )
     .1;
@@ -127,7 +131,8 @@ fn log_lines(gw: &TestGateway, query: &str) -> Vec<String> {
 }
 
 /// Reads server-sent events from /system/stream until `check` accepts an overview.
-fn wait_in_stream(gw: &TestGateway, limit: Duration, check: impl Fn(&Value) -> bool) -> Duration {
+/// Returns when it saw it.
+fn wait_in_stream(gw: &TestGateway, limit: Duration, check: impl Fn(&Value) -> bool) -> Instant {
     let started = Instant::now();
     let mut resp = client()
         .get(gw.url("/system/stream"))
@@ -151,7 +156,7 @@ fn wait_in_stream(gw: &TestGateway, limit: Duration, check: impl Fn(&Value) -> b
             if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
                 let overview: Value = serde_json::from_str(data).unwrap();
                 if check(&overview) {
-                    return started.elapsed();
+                    return Instant::now();
                 }
             }
         }
@@ -161,12 +166,9 @@ fn wait_in_stream(gw: &TestGateway, limit: Duration, check: impl Fn(&Value) -> b
 #[test]
 fn the_stream_shows_a_scale_within_a_second_and_logs_carry_call_ids() {
     let gw = TestGateway::serve(repo());
-    let replicas = |o: &Value| {
-        o["functions"][0]["replicas"]["ready"]
-            .as_u64()
-            .unwrap_or(99)
-    };
-    wait_in_stream(&gw, Duration::from_secs(5), |o| replicas(o) == 0);
+    let replicas =
+        |o: &Value, which: &str| o["functions"][0]["replicas"][which].as_u64().unwrap_or(99);
+    wait_in_stream(&gw, Duration::from_secs(5), |o| replicas(o, "desired") == 0);
 
     let waiter = {
         let url = gw.url("");
@@ -179,11 +181,18 @@ fn the_stream_shows_a_scale_within_a_second_and_logs_carry_call_ids() {
                 .send()
                 .unwrap();
             assert_eq!(r.status(), 200);
+            Instant::now()
         })
     };
-    let seen = wait_in_stream(&gw, Duration::from_secs(20), |o| replicas(o) == 1);
-    waiter.join().unwrap();
-    assert!(seen < Duration::from_secs(20));
+    // An open page sees the change within a second of the scale's answer.
+    let seen = wait_in_stream(&gw, Duration::from_secs(5), |o| replicas(o, "desired") == 1);
+    let scaled = waiter.join().unwrap();
+    let lag = seen.saturating_duration_since(scaled);
+    assert!(
+        lag < Duration::from_secs(1),
+        "the stream showed it {lag:?} after"
+    );
+    wait_in_stream(&gw, Duration::from_secs(20), |o| replicas(o, "ready") == 1);
 
     // Concurrent calls: each call's lines, and only those, come back for its id.
     let ids: Vec<String> = std::thread::scope(|s| {
@@ -531,4 +540,73 @@ fn a_browser_signs_in_invokes_at_zero_creates_deletes_and_cannot_with_a_read_tok
         c.close().await.unwrap();
     });
     assert!(shots.join("dashboard-1280.png").exists());
+}
+
+/// Concurrent calls to one replica, each writing before and after a pause: every line the
+/// handler wrote carries its own call's id, and a call's query returns its two lines only.
+fn each_line_carries_its_call(runtime: &str, source: &str) {
+    let gw = TestGateway::serve(common::gateway::one_function(
+        "tagged",
+        runtime,
+        "scale:\n  min: 1\n  max: 1\n",
+        source,
+    ));
+    gw.wait_for("tagged", "a replica", Duration::from_secs(20), |f| {
+        f["replicas"]["ready"] == 1
+    });
+    let ids: Vec<(usize, String)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let url = gw.url(&format!("/function/tagged/c{i}"));
+                s.spawn(move || {
+                    let r = client().get(url).send().unwrap();
+                    assert_eq!(r.status(), 200);
+                    let id = r.headers()["x-cubeflash-call-id"]
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    (i, id)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let logs = get(&gw, "/system/functions/tagged/logs?lines=1000", READ_TOKEN).1;
+    let all: Vec<String> = serde_json::from_value(logs["lines"].clone()).unwrap();
+    for (i, id) in &ids {
+        let mine: Vec<&String> = all
+            .iter()
+            .filter(|l| l.contains(&format!("/c{i} ")))
+            .collect();
+        assert_eq!(mine.len(), 2, "{runtime}: /c{i}: {all:#?}");
+        assert!(
+            mine.iter().all(|l| l.contains(&format!("[call {id}] "))),
+            "{runtime}: {mine:?}"
+        );
+        let asked = log_lines_of(&gw, "tagged", &format!("call={id}"));
+        assert_eq!(asked.len(), 2, "{runtime}: {asked:?}");
+    }
+    // What the replica wrote outside a call is not tagged.
+    assert!(
+        all.iter()
+            .any(|l| l.contains("serving") && !l.contains("[call ")),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn python_lines_carry_their_call_under_concurrency() {
+    each_line_carries_its_call(
+        "python",
+        "import time\n\ndef handle(req):\n    print('start', req.path, '')\n    time.sleep(0.1)\n    print('end', req.path, '')\n    return 'ok'\n",
+    );
+}
+
+#[test]
+fn node_lines_carry_their_call_across_awaits() {
+    each_line_carries_its_call(
+        "node",
+        "module.exports = async (req) => {\n  console.log('start', req.path, '');\n  await new Promise((r) => setTimeout(r, 100));\n  console.error('end', req.path, '');\n  return 'ok';\n};\n",
+    );
 }

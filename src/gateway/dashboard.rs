@@ -76,6 +76,12 @@ impl Gateway {
         let ticks_per_bucket = (history::BUCKET.as_millis() / PUBLISH_EVERY.as_millis()) as u64;
         let mut n: u64 = 0;
         let mut provenance_read: Option<tokio::time::Instant> = None;
+        // The baseline every function's first point counts from.
+        self.history.sample(
+            &self.metrics,
+            self.routes().functions(),
+            crate::triggers::calls::now_ms(),
+        );
         loop {
             tick.tick().await;
             n += 1;

@@ -224,10 +224,9 @@ impl Gateway {
         } else {
             let function = match side {
                 Side::Serverless => {
-                    let label = super::metrics::label(f.name());
-                    self.metrics.not_ok.get_or_create(&label).inc();
+                    f.hot.not_ok.inc();
                     if code >= 500 {
-                        self.metrics.server_errors.get_or_create(&label).inc();
+                        f.hot.server_errors.inc();
                     }
                     f.name().to_string()
                 }
@@ -677,7 +676,6 @@ fn distinct_tail(lines: Vec<String>, n: usize) -> Vec<String> {
     distinct.into_iter().skip(skip).collect()
 }
 
-/// A copy of `req` to send again, when its body is all in memory.
 /// `Server-Timing` of one call: the wait for a replica (a cold start's, or the queue's), the
 /// replica's own time to its response head, and the gateway's (the rest), in ms.
 fn server_timing(lease: &Lease, started: Instant, sent: Instant, now: Instant) -> HeaderValue {
@@ -697,6 +695,7 @@ fn server_timing(lease: &Lease, started: Instant, sent: Instant, now: Instant) -
     HeaderValue::from_str(&text).expect("digits and names are a valid header value")
 }
 
+/// A copy of `req` to send again, when its body is all in memory.
 fn replay(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     let body = req.body().replay()?;
     let mut copy = Request::new(body);

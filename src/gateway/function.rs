@@ -43,6 +43,9 @@ pub struct HotMetrics {
     pub ok: prometheus_client::metrics::counter::Counter,
     pub warm: super::metrics::LatencyHistogram,
     pub overhead: super::metrics::LatencyHistogram,
+    /// Answers other than 200, and those of them 5xx (the dashboard's history).
+    pub not_ok: prometheus_client::metrics::counter::Counter,
+    pub server_errors: prometheus_client::metrics::counter::Counter,
 }
 
 /// One request counted in flight for its function until dropped.
@@ -87,6 +90,8 @@ impl FunctionState {
                 })
                 .clone(),
             overhead: metrics.overhead.get_or_create(&label(&name)).clone(),
+            not_ok: metrics.not_ok.get_or_create(&label(&name)).clone(),
+            server_errors: metrics.server_errors.get_or_create(&label(&name)).clone(),
         };
         Arc::new(Self {
             entry,

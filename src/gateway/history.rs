@@ -56,9 +56,12 @@ impl History {
             if s.recent.len() > RATE_BUCKETS + 1 {
                 s.recent.pop_front();
             }
-            // A function's first point counts from zero: what it answered before the
-            // first sample belongs to its first bucket.
-            let previous = previous.unwrap_or_default();
+            // The first sight of a name is the baseline, not a point: its counters may
+            // hold what an earlier function of that name answered (the gateway takes a
+            // sample as it starts, so nothing before the first request is lost).
+            let Some(previous) = previous else {
+                continue;
+            };
             let delta = difference(&totals, &previous);
             s.points.push_back(Point {
                 t: now_ms,
@@ -72,14 +75,9 @@ impl History {
             if s.points.len() > KEEP {
                 s.points.pop_front();
             }
-            let full = s.recent.len() > RATE_BUCKETS;
-            let first = match s.recent.front() {
-                Some(first) if full => first.clone(),
-                _ => Totals::default(),
-            };
-            let window = difference(&totals, &first);
-            let buckets = if full { RATE_BUCKETS } else { s.recent.len() };
-            let seconds = buckets as f64 * BUCKET.as_secs_f64();
+            let first = s.recent.front().expect("two snapshots at least");
+            let window = difference(&totals, first);
+            let seconds = (s.recent.len() - 1) as f64 * BUCKET.as_secs_f64();
             let last_cold = metrics
                 .last_cold_start_ms
                 .get_or_create(&label(f.name()))
@@ -202,6 +200,32 @@ mod tests {
         assert!((p99 - 3.8).abs() < 1e-9, "{p99}");
         assert_eq!(percentile_ms(&bounds, &[0, 0, 0, 0], 0.5), None);
         assert_eq!(percentile_ms(&bounds, &[0, 0, 0, 3], 0.5), Some(4.0));
+    }
+
+    #[test]
+    fn totals_count_every_answer_and_5xx_as_errors() {
+        let metrics = Metrics::default();
+        let ok = |n: u32| {
+            for _ in 0..n {
+                metrics
+                    .requests
+                    .get_or_create(&super::super::metrics::CodeLabels {
+                        function: "f".into(),
+                        code: 200,
+                    })
+                    .inc();
+            }
+        };
+        ok(50);
+        let (_, before) = totals(&metrics, "f");
+        assert_eq!(before.requests, 50);
+        ok(10);
+        metrics.not_ok.get_or_create(&label("f")).inc_by(2);
+        metrics.server_errors.get_or_create(&label("f")).inc();
+        let (bounds, now) = totals(&metrics, "f");
+        assert_eq!(bounds.len(), now.latency.len());
+        let d = difference(&now, &before);
+        assert_eq!((d.requests, d.errors), (12, 1));
     }
 
     #[test]

@@ -562,7 +562,9 @@ async function pollLogs() {
       if (atEnd) pre.scrollTop = pre.scrollHeight;
     }
   } catch (e) {
-    $("logs").dataset.error = e.message;
+    // Shown, not swallowed; a gateway that keeps no logs (a cluster) is not asked again.
+    $("logs").textContent = e.message;
+    if (/keeps no logs/.test(e.message)) return;
   }
   if ($("log-follow").checked && name === state.selected) state.logTimer = setTimeout(pollLogs, 1000);
 }
