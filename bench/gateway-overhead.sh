@@ -6,12 +6,16 @@
 #
 #   bench/gateway-overhead.sh [path/to/cubeflash]      needs nginx and wrk (Debian packages)
 #   ROUNDS=3 DURATION=10s CONNECTIONS=32 bench/gateway-overhead.sh
+#   PAGES=50 bench/gateway-overhead.sh  also the dashboard's cost: the gateway's CPU at idle
+#                                      with and without 50 open live pages (/system/stream),
+#                                      the gateway again with them open in every round, and
+#                                      /ui's own serve time
 #   KUBE=1 bench/gateway-overhead.sh   also `cubeflash gateway` (the Kubernetes backend) against
 #                                      bench/fake-kube-api.py, its Service being the identical
 #                                      baseline backend: the two forwarding paths compared
 set -euo pipefail
 BIN="$(realpath "${1:-target/release/cubeflash}")"
-ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10s}"; CONNS="${CONNECTIONS:-32}"
+ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10s}"; CONNS="${CONNECTIONS:-32}"; PAGES="${PAGES:-0}"
 for tool in nginx wrk; do
   command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install nginx-light wrk" >&2; exit 2; }
 done
@@ -23,6 +27,7 @@ cleanup() {
   [ -f "$WORK/proxy.pid" ] && kill -TERM "$(cat "$WORK/proxy.pid")" 2>/dev/null || true
   [ -n "${KGW_PID:-}" ] && kill -TERM "$KGW_PID" 2>/dev/null || true
   [ -n "${API_PID:-}" ] && kill -TERM "$API_PID" 2>/dev/null || true
+  [ -f "$WORK/pages" ] && xargs -r kill < "$WORK/pages" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -130,6 +135,28 @@ to_ms() { # wrk prints 120.00us / 1.20ms / 1.00s
 wrk -t2 -c"$CONNS" -d2s "$GW/function/fixed" >/dev/null
 wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY_PORT/" >/dev/null
 [ -n "$KGW" ] && wrk -t2 -c"$CONNS" -d2s "$KGW" >/dev/null
+# The dashboard: PAGES live pages are PAGES open event streams, as each page holds one.
+open_pages() {
+  for _ in $(seq "$PAGES"); do
+    curl -sN -H 'Authorization: Bearer bench' "$GW/system/stream" > /dev/null & echo $!
+  done > "$WORK/pages"
+  sleep 1
+}
+close_pages() { xargs -r kill < "$WORK/pages" 2>/dev/null || true; rm -f "$WORK/pages"; sleep 0.3; }
+cpu_share() { # the gateway's CPU over 10 s, in % of one core
+  local hz t0 t1; hz=$(getconf CLK_TCK)
+  t0=$(awk '{print $14+$15}' "/proc/$UP_PID/stat"); sleep 10; t1=$(awk '{print $14+$15}' "/proc/$UP_PID/stat")
+  awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN { printf "%.2f", (b-a)/hz/10*100 }'
+}
+if [ "$PAGES" -gt 0 ]; then
+  idle=$(cpu_share); open_pages; busy=$(cpu_share); close_pages
+  echo "dashboard: gateway CPU at idle $idle% of a core without pages, $busy% with $PAGES live pages open (target: under 5%)"
+  # One client at a time: how long one page load waits, not the gateway's saturation.
+  ui=$(wrk -t1 -c1 -d3s --latency "$GW/ui")
+  u2=$(to_ms "$(echo "$ui" | awk '$1=="50%" {print $2}')"); u3=$(to_ms "$(echo "$ui" | awk '$1=="99%" {print $2}')")
+  echo "dashboard: GET /ui one client at a time: p50 $u2 ms, p99 $u3 ms (target: under 10 ms), $(curl -s "$GW/ui" "$GW/ui/app.js" "$GW/ui/app.css" | wc -c) bytes with script and styles (target: under 100 KB)"
+fi
+declare -a P
 echo "wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds, $(nproc) cores"
 printf '%-6s %-10s %12s %10s %10s %8s\n' round target requests/s p50_ms p99_ms ratio
 declare -a G N D K
@@ -145,6 +172,13 @@ for r in $(seq "$ROUNDS"); do
   ratio=$(awk -v g="$g1" -v n="$n1" 'BEGIN { printf "%.2f", g/n }')
   printf '%-6s %-10s %12s %10s %10s %8s\n' "$r" cubeflash "$g1" "$g2" "$g3" "$ratio" "$r" nginx "$n1" "$n2" "$n3" "" "$r" direct "$d1" "$d2" "$d3" ""
   G+=("$g1 $g2 $g3"); N+=("$n1 $n2 $n3"); D+=("$d1 $d2 $d3")
+  if [ "$PAGES" -gt 0 ]; then
+    open_pages
+    read -r p1 p2 p3 < <(run pages "$GW/function/fixed")
+    close_pages
+    printf '%-6s %-10s %12s %10s %10s %8s\n' "$r" "+$PAGES pages" "$p1" "$p2" "$p3" ""
+    P+=("$p1 $p2 $p3")
+  fi
 done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { local i=$1; shift; for x in "$@"; do echo "$x" | awk -v i="$i" '{print $i}'; done | median; }
@@ -154,6 +188,10 @@ g99=$(col 3 "${G[@]}"); n99=$(col 3 "${N[@]}"); d99=$(col 3 "${D[@]}")
 if [ -n "$KGW" ]; then
   kr=$(col 1 "${K[@]}"); k50=$(col 2 "${K[@]}"); k99=$(col 3 "${K[@]}")
   awk -v k="$kr" -v g="$gr" -v k50="$k50" -v k99="$k99" 'BEGIN { printf "kubernetes backend: %s req/s (p50 %s ms, p99 %s ms): %.2f of the local backend (target: within 5%%)\n", k, k50, k99, k/g }'
+fi
+if [ "$PAGES" -gt 0 ]; then
+  pr=$(col 1 "${P[@]}"); p50=$(col 2 "${P[@]}"); p99=$(col 3 "${P[@]}")
+  awk -v p="$pr" -v g="$gr" -v p50="$p50" -v p99="$p99" -v g50="$g50" -v g99="$g99" -v n="$PAGES" 'BEGIN { printf "with %d live pages: %s req/s (p50 %s ms, p99 %s ms): %.3f of the gateway without them (p50 %s, p99 %s)\n", n, p, p50, p99, p/g, g50, g99 }'
 fi
 echo "medians: cubeflash $gr req/s (p50 $g50 ms, p99 $g99 ms); nginx $nr req/s (p50 $n50 ms, p99 $n99 ms); direct p50 $d50 ms, p99 $d99 ms"
 awk -v g="$gr" -v n="$nr" -v g50="$g50" -v n50="$n50" -v d50="$d50" -v g99="$g99" -v n99="$n99" -v d99="$d99" 'BEGIN {
