@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod api;
 pub mod async_calls;
+pub mod bench_runs;
 pub mod body;
 pub mod client;
 pub mod dashboard;

@@ -32,6 +32,14 @@ fn repo() -> tempfile::TempDir {
         ),
         ("functions/quote/handler.py", HANDLER),
         (
+            "bench/results/20261201T000000Z/index.html",
+            "<!doctype html><html><head><style>h1{color:teal}</style></head><body><h1>cubeflash bench 20261201T000000Z</h1><script>document.title='ran'</script></body></html>",
+        ),
+        (
+            "bench/results/20261201T000000Z/conclusion.txt",
+            "Serverless costs 2.0x latency at concurrency 1.\n",
+        ),
+        (
             "functions/quote/events/hello.json",
             r#"{"method": "POST", "path": "/hello", "headers": {"X-Event": "yes"}, "body": {"name": "ada"}}"#,
         ),
@@ -354,6 +362,56 @@ fn the_new_function_form_writes_what_cubeflash_new_would_or_nothing() {
 }
 
 #[test]
+fn bench_reports_open_through_a_short_lived_link_for_that_run_only() {
+    let gw = TestGateway::serve(repo());
+    std::fs::write(gw.root.path().join("secret.txt"), "not a report").unwrap();
+    let runs = get(&gw, "/system/bench", READ_TOKEN).1;
+    assert_eq!(runs[0]["name"], "20261201T000000Z", "{runs}");
+    assert_eq!(
+        runs[0]["conclusion"][0],
+        "Serverless costs 2.0x latency at concurrency 1."
+    );
+    let (status, _) = get(&gw, "/system/bench/..%2F..%2F/link", READ_TOKEN);
+    assert_eq!(status, 404);
+    let (status, missing) = get(&gw, "/system/bench/nope/link", READ_TOKEN);
+    assert_eq!(status, 404, "{missing}");
+    let link = get(&gw, "/system/bench/20261201T000000Z/link", READ_TOKEN).1;
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("/ui/bench/") && url.ends_with("/index.html"),
+        "{link}"
+    );
+    // No token needed: the link is the capability, for that run's files only.
+    let report = client().get(gw.url(url)).send().unwrap();
+    assert_eq!(report.status(), 200);
+    let csp = report.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("sandbox") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert!(report
+        .text()
+        .unwrap()
+        .contains("cubeflash bench 20261201T000000Z"));
+    let ticket = url.split('/').nth(3).unwrap();
+    for bad in [
+        format!("/ui/bench/{ticket}/../../../secret.txt"),
+        format!("/ui/bench/{ticket}/..%2F..%2F..%2Fsecret.txt"),
+        format!("/ui/bench/{ticket}/missing.html"),
+        "/ui/bench/guessed-ticket/index.html".to_string(),
+        format!("/ui/bench/{ticket}x/index.html"),
+    ] {
+        let r = client().get(gw.url(&bad)).send().unwrap();
+        assert_eq!(r.status(), 404, "{bad}");
+    }
+    let unauthenticated = client().get(gw.url("/system/bench")).send().unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
+
+#[test]
 fn invoke_runs_a_test_event_from_the_repo() {
     let gw = TestGateway::serve(repo());
     let run = |args: &[&str]| {
@@ -510,6 +568,29 @@ fn a_browser_signs_in_invokes_at_zero_creates_deletes_and_cannot_with_a_read_tok
         type_into(&c, "delete-name", "scratch").await;
         click(&c, "delete-confirm").await;
         until(&c, "scratch gone", "return document.querySelector('#functions tbody tr[data-name=scratch]') === null", Duration::from_secs(10)).await;
+
+        // A bench run's report, in a tab of its own, with its styles and without its script.
+        c.execute("document.getElementById('tab-bench').click()", vec![]).await.unwrap();
+        until(&c, "the bench runs", "return document.getElementById('bench-runs').textContent.includes('Serverless costs 2.0x')", Duration::from_secs(5)).await;
+        let page = c.window().await.unwrap();
+        c.execute("document.querySelector('#bench-runs button').click()", vec![]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let report = loop {
+            let windows = c.windows().await.unwrap();
+            if let Some(w) = windows.into_iter().find(|w| *w != page) {
+                break w;
+            }
+            assert!(Instant::now() < deadline, "no report tab");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        c.switch_to_window(report).await.unwrap();
+        let heading = until(&c, "the report", "const h = document.querySelector('h1'); return h && location.pathname.startsWith('/ui/bench/') && [h.textContent, getComputedStyle(h).color, document.title]", Duration::from_secs(10)).await;
+        assert_eq!(heading[0], "cubeflash bench 20261201T000000Z");
+        assert_eq!(heading[1], "rgb(0, 128, 128)", "its own styles apply");
+        assert_ne!(heading[2], "ran", "its script does not run");
+        c.close_window().await.unwrap();
+        c.switch_to_window(page).await.unwrap();
+        c.execute("document.querySelector('.tab[data-view=functions]').click()", vec![]).await.unwrap();
 
         // Phone width.
         c.set_window_size(390, 844).await.unwrap();

@@ -392,3 +392,24 @@ pub struct Scaffold {
     pub file: String,
     pub handler: String,
 }
+
+/// One run folder under bench/results/ (GET /system/bench), newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchRun {
+    pub name: String,
+    /// The run `bench/results/latest` points at.
+    pub latest: bool,
+    /// The report's summary, in words (conclusion.txt).
+    pub conclusion: Vec<String>,
+    pub files: Vec<String>,
+}
+
+/// GET /system/bench/RUN/link: where the browser opens the run's report. The link works
+/// without a token for a few minutes and only for that run's files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchLink {
+    pub url: String,
+    pub expires_in_s: u64,
+}

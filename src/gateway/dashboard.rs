@@ -41,6 +41,8 @@ pub struct DashboardState {
     provenance: Mutex<Option<Provenance>>,
     /// When an overview was last asked for, in ms since the epoch.
     viewed_ms: AtomicU64,
+    /// Open links to bench reports.
+    pub(super) tickets: super::bench_runs::Tickets,
 }
 
 impl Default for DashboardState {
@@ -50,6 +52,7 @@ impl Default for DashboardState {
             actions: Mutex::default(),
             provenance: Mutex::default(),
             viewed_ms: AtomicU64::new(0),
+            tickets: Default::default(),
         }
     }
 }
@@ -65,6 +68,8 @@ pub(super) enum Route<'a> {
     Events(&'a str),
     /// The handler `cubeflash new` writes for a runtime.
     Scaffold(String),
+    BenchRuns,
+    BenchLink(&'a str),
 }
 
 impl Gateway {
@@ -216,6 +221,23 @@ impl Gateway {
                     }
                 }
             }
+            Route::BenchRuns | Route::BenchLink(_) => {
+                let Some(root) = self.backend().and_then(|b| b.repo()) else {
+                    return json_error(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "bench runs are kept where the bench ran (bench/results/ in the repo): open them there, or `cubeflash bench compare RUN_A RUN_B`",
+                        None,
+                    );
+                };
+                let root = Path::new(&root);
+                match route {
+                    Route::BenchLink(run) => self.bench_link(root, run),
+                    _ => match super::bench_runs::list(root) {
+                        Ok(runs) => json_response(StatusCode::OK, &runs),
+                        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e, None),
+                    },
+                }
+            }
             Route::Scaffold(runtime) => match scaffold_handler(&runtime) {
                 Ok(s) => json_response(StatusCode::OK, &s),
                 Err(e) => json_error(StatusCode::BAD_REQUEST, &e, None),
@@ -311,6 +333,34 @@ impl Gateway {
         )
     }
 
+    /// A link that opens run `run`'s report for a while, without a token.
+    fn bench_link(&self, root: &Path, run: &str) -> Response<GatewayBody> {
+        let dir = match super::bench_runs::run_dir(root, run) {
+            Ok(d) => d,
+            Err(e) => return json_error(StatusCode::NOT_FOUND, &e, None),
+        };
+        match self.dashboard.tickets.issue(dir) {
+            Ok(ticket) => json_response(
+                StatusCode::OK,
+                &api::BenchLink {
+                    url: format!("/ui/bench/{ticket}/{}", crate::bench::report::REPORT_FILE),
+                    expires_in_s: super::bench_runs::LINK_LIFETIME.as_secs(),
+                },
+            ),
+            Err(e) => json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot make a link: {e}"),
+                None,
+            ),
+        }
+    }
+
+    /// A bench run's file through a ticket (`/ui/bench/TICKET/FILE`), or None.
+    pub(super) fn bench_file(&self, ticket: &str, file: &str) -> Option<(Vec<u8>, &'static str)> {
+        let dir = self.dashboard.tickets.dir(ticket)?;
+        super::bench_runs::read(&dir, file)
+    }
+
     /// GET /system/stream: `overview` events as the table changes, until the client goes or
     /// the gateway drains.
     fn stream(&self) -> Response<GatewayBody> {
@@ -373,6 +423,8 @@ pub(super) fn route<'a>(
         ["whoami"] => Route::Whoami { admin },
         ["functions", name, "history"] => Route::History(name),
         ["functions", name, "events"] => Route::Events(name),
+        ["bench"] => Route::BenchRuns,
+        ["bench", run, "link"] => Route::BenchLink(run),
         ["scaffold"] => Route::Scaffold(
             form_urlencoded::parse(query.as_bytes())
                 .find(|(k, _)| k == "runtime")

@@ -30,13 +30,16 @@ fn page() -> &'static str {
 }
 
 /// GET /ui, /ui/app.js, /ui/app.css.
-pub fn serve<B>(_gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
+pub fn serve<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "the dashboard's files are read with GET; its actions go through /system/",
             None,
         );
+    }
+    if let Some(rest) = req.uri().path().strip_prefix("/ui/bench/") {
+        return bench_file(gateway, rest);
     }
     let (body, kind, cache) = match req.uri().path() {
         "/ui" | "/ui/" => (page(), "text/html; charset=utf-8", "no-store"),
@@ -57,6 +60,32 @@ pub fn serve<B>(_gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
         .body(full(body))
         .expect("valid response");
     secure(resp.headers_mut());
+    resp
+}
+
+/// /ui/bench/TICKET/FILE: a bench run's file through a link the admin API made.
+fn bench_file(gateway: &Gateway, rest: &str) -> Response<GatewayBody> {
+    let found = rest
+        .split_once('/')
+        .and_then(|(ticket, file)| gateway.bench_file(ticket, file));
+    let Some((bytes, kind)) = found else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no such report, or its link expired: open it again from the dashboard's Bench runs page",
+            None,
+        );
+    };
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, kind)
+        .header(CACHE_CONTROL, "no-store")
+        .body(full(bytes))
+        .expect("valid response");
+    secure(resp.headers_mut());
+    resp.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static(super::bench_runs::REPORT_CSP),
+    );
     resp
 }
 

@@ -75,6 +75,7 @@ async function signIn(token) {
   const canChange = who.access === "admin";
   for (const b of document.querySelectorAll("#fn-actions button, #new-create")) b.disabled = !canChange;
   $("tab-new").hidden = !(canChange && who.repo);
+  $("tab-bench").hidden = !who.repo;
   startStream();
 }
 
@@ -650,6 +651,44 @@ $("new-form").addEventListener("submit", async (ev) => {
   } catch (e) { $("new-result").textContent = e.message; }
 });
 
+// ---- bench runs ----
+
+async function loadBench() {
+  const list = $("bench-runs");
+  try {
+    const runs = await api("GET", "/system/bench");
+    list.replaceChildren(...runs.map((r) => {
+      const open = el("button", { type: "button", text: "Open report" });
+      open.disabled = !r.files.includes("index.html");
+      const li = el("li", {}, el("strong", { text: r.name }), r.latest ? " (latest) " : " ", open);
+      const lines = r.conclusion.slice(0, 4);
+      if (lines.length) li.append(el("ul", {}, ...lines.map((l) => el("li", { text: l }))));
+      li.append(el("p", { class: "meta", text: r.files.join(" · ") }));
+      open.addEventListener("click", () => openReport(r.name, li));
+      return li;
+    }));
+    if (!runs.length) list.replaceChildren(el("li", { text: "No runs in bench/results/ yet: make bench." }));
+  } catch (e) { list.replaceChildren(el("li", { text: e.message })); }
+}
+
+async function openReport(name, li) {
+  // The tab is opened in the click itself (a pop-up blocker allows that), then sent to the
+  // link once the gateway made it.
+  const tab = window.open("", "_blank");
+  if (tab) tab.opener = null;
+  try {
+    const link = await api("GET", `/system/bench/${encodeURIComponent(name)}/link`);
+    if (tab) {
+      tab.location = link.url;
+    } else {
+      li.append(el("a", { href: link.url, target: "_blank", rel: "noopener", class: "report-link", text: `report of ${name}` }));
+    }
+  } catch (e) {
+    if (tab) tab.close();
+    notice(`Cannot open the report: ${e.message}`, true);
+  }
+}
+
 // ---- actions log ----
 
 function showActions(actions) {
@@ -667,6 +706,7 @@ for (const tab of document.querySelectorAll(".tab")) {
     for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${tab.dataset.view}`;
     if (tab.dataset.view === "calls") loadCalls();
     if (tab.dataset.view === "new" && !$("new-handler").value) loadScaffold();
+    if (tab.dataset.view === "bench") loadBench();
   });
 }
 
