@@ -5,11 +5,11 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::{click, sign_in, type_into, until, Driver};
 use common::gateway::{client, TestGateway, READ_TOKEN, TOKEN};
-use common::{free_port, need, temp_tree, text};
+use common::{temp_tree, text};
 use serde_json::{json, Value};
 
 const HANDLER: &str = r#"
@@ -430,90 +430,16 @@ fn invoke_runs_a_test_event_from_the_repo() {
     );
 }
 
-/// chromedriver on a free loopback port; killed when dropped.
-struct Driver(Child, u16);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn until(c: &fantoccini::Client, what: &str, script: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = c.execute(script, vec![]).await.unwrap();
-        if !v.is_null() && v != Value::Bool(false) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn click(c: &fantoccini::Client, id: &str) {
-    c.find(fantoccini::Locator::Id(id))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn type_into(c: &fantoccini::Client, id: &str, value: &str) {
-    let e = c.find(fantoccini::Locator::Id(id)).await.unwrap();
-    e.clear().await.unwrap();
-    e.send_keys(value).await.unwrap();
-}
-
 #[test]
 fn a_browser_signs_in_invokes_at_zero_creates_deletes_and_cannot_with_a_read_token() {
-    need("chromedriver");
-    need("chromium");
     let gw = TestGateway::serve(repo());
-    let port = free_port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let driver = Driver(driver, port);
+    let driver = Driver::start();
     let shots = common::repo_root().join("target/dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900",
-                    // Every host but loopback fails to resolve: the page must need nothing else.
-                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
-            }),
-        );
-        let mut client = None;
-        for _ in 0..50 {
-            let mut builder = fantoccini::ClientBuilder::new(
-                hyper_util::client::legacy::connect::HttpConnector::new(),
-            );
-            match builder.capabilities(caps.clone()).connect(&format!("http://127.0.0.1:{}", driver.1)).await {
-                Ok(c) => {
-                    client = Some(c);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        let c = client.expect("chromedriver starts a session");
-        c.goto(&gw.url("/")).await.unwrap();
-        until(&c, "the sign-in form", "return !document.getElementById('login').hidden", Duration::from_secs(10)).await;
-        type_into(&c, "token", TOKEN).await;
-        c.execute("document.getElementById('login-form').requestSubmit()", vec![]).await.unwrap();
+        let c = driver.session().await;
+        sign_in(&c, &gw.url, TOKEN).await;
         until(&c, "the functions table", "return document.querySelector('#functions tbody tr[data-name=quote]') !== null", Duration::from_secs(10)).await;
         let cells = until(&c, "quote at zero", "const r = document.querySelector('#functions tbody tr[data-name=quote]'); return r && r.children[4].textContent === '0/0' && r.children[3].textContent", Duration::from_secs(10)).await;
         assert_eq!(cells, "at zero");

@@ -883,3 +883,81 @@ fn bench_against_a_cluster_refuses_before_running_when_it_cannot_reach_the_gatew
     );
     assert!(!out.exists(), "nothing was run, no results written");
 }
+
+/// The dashboard on the Kubernetes gateway: the same page and API, what only the local
+/// target can do answered as such, and the page's list, scale and redeploy notice in a
+/// browser.
+#[test]
+fn the_dashboard_runs_on_the_kubernetes_gateway() {
+    let api = FakeApi::start();
+    let svc = server(200, 0);
+    let (_dir, gw) = one_function(&api, "scale: {min: 0, max: 3}\n", &svc.url(""));
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        let r = http
+            .get(format!("{}{path}", gw.url))
+            .bearer_auth("secret-token")
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    assert_eq!(status_of(&format!("{}/ui", gw.url)), 200);
+    let (status, overview) = get("/system/overview");
+    assert_eq!(status, 200);
+    assert_eq!(overview["backend"], "kubernetes");
+    assert_eq!(overview["functions"][0]["name"], "a", "{overview}");
+    assert!(overview["provenance"].is_null(), "no repo in a cluster");
+    assert_eq!(get("/system/whoami").1["repo"], Value::Null);
+    // What needs the repo or the replicas' output says where to look instead.
+    for (path, needle) in [
+        ("/system/functions/a/events", "cubeflash invoke"),
+        ("/system/functions/a/logs", "kubectl logs"),
+        ("/system/bench", "bench/results"),
+    ] {
+        let (status, body) = get(path);
+        assert_eq!(status, 501, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{path}: {body}"
+        );
+    }
+    let create = http
+        .post(format!("{}/system/functions", gw.url))
+        .bearer_auth("secret-token")
+        .json(&json!({"name": "b", "runtime": "python"}))
+        .send()
+        .unwrap();
+    assert_eq!(create.status(), 501);
+    assert!(create
+        .text()
+        .unwrap()
+        .contains("cubeflash deploy --target kubernetes"));
+
+    let driver = common::browser::Driver::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use common::browser::{click, sign_in, until};
+        let c = driver.session().await;
+        sign_in(&c, &gw.url, "secret-token").await;
+        until(&c, "a in the table", "const r = document.querySelector('#functions tbody tr[data-name=a]'); return r && r.children[4].textContent === '0/0'", Duration::from_secs(10)).await;
+        let hidden = c.execute("return document.getElementById('tab-new').hidden && document.getElementById('tab-bench').hidden", vec![]).await.unwrap();
+        assert_eq!(hidden, json!(true), "no new-function form or bench runs in a cluster");
+        c.execute("document.querySelector('#functions tbody tr[data-name=a]').click()", vec![]).await.unwrap();
+        until(&c, "the detail panel", "return !document.getElementById('detail').hidden", Duration::from_secs(5)).await;
+        c.execute("document.getElementById('act-n').value = '2'", vec![]).await.unwrap();
+        click(&c, "act-scale").await;
+        until(&c, "2 replicas wanted", "const r = document.querySelector('#functions tbody tr[data-name=a]'); return r && r.children[4].textContent.endsWith('/2')", Duration::from_secs(10)).await;
+        click(&c, "act-redeploy").await;
+        let notice = until(&c, "the redeploy notice", "const t = document.getElementById('notice').textContent; return t.includes('source of truth') && t", Duration::from_secs(5)).await;
+        assert!(notice.as_str().unwrap().contains("cubeflash deploy --target kubernetes"), "{notice}");
+        let logs = until(&c, "the logs pane says why it is empty", "const t = document.getElementById('logs').textContent; return t.includes('kubectl logs') && t", Duration::from_secs(5)).await;
+        assert!(logs.as_str().unwrap().contains("keeps no logs"), "{logs}");
+        c.close().await.unwrap();
+    });
+    let patches = scale_patches(&api, "a");
+    assert!(
+        patches.iter().any(|p| p["spec"]["replicas"] == 2),
+        "the page's scale reached the Deployment: {patches:?}"
+    );
+}

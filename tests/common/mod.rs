@@ -2,6 +2,7 @@
 //! shims started as real processes on loopback ports.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod gateway;
 
 use std::io::{BufRead, BufReader, Write};
