@@ -245,6 +245,12 @@ fn the_stream_shows_a_scale_within_a_second_and_logs_carry_call_ids() {
     let more = log_lines(&gw, &format!("after={next}"));
     assert_eq!(more.len(), 2, "{more:?}");
     assert!(more.iter().all(|l| l.contains("/once")), "{more:?}");
+    let mine = log_lines(&gw, "replica=quote%231");
+    assert!(
+        !mine.is_empty() && mine.iter().all(|l| l.starts_with("[quote#1] ")),
+        "{mine:?}"
+    );
+    assert!(log_lines(&gw, "replica=quote%239").is_empty());
     let filtered = get(
         &gw,
         "/system/functions/quote/logs?q=DONE%20%2Fslow3",
@@ -463,6 +469,12 @@ fn a_browser_signs_in_invokes_at_zero_creates_deletes_and_cannot_with_a_read_tok
         until(&c, "the test events", "return document.querySelectorAll('#inv-event option').length > 1", Duration::from_secs(5)).await;
         c.execute("const s = document.getElementById('inv-event'); s.value = 'hello'; s.dispatchEvent(new Event('change'))", vec![]).await.unwrap();
         click(&c, "inv-run-event").await;
+        let header = c.execute("const [k, v] = document.querySelectorAll('#inv-headers input'); return [k.value, v.value]", vec![]).await.unwrap();
+        assert_eq!(header, json!(["X-Event", "yes"]), "the event's headers fill the header rows");
+        click(&c, "inv-curl").await;
+        let curl = c.execute("return document.getElementById('curl-text').value", vec![]).await.unwrap();
+        let curl = curl.as_str().unwrap();
+        assert!(curl.contains("-X POST") && curl.contains("-H 'X-Event: yes'") && curl.contains("/function/quote/hello"), "{curl}");
         until(&c, "the event's answer", "return document.getElementById('res-body').textContent.includes('/hello')", Duration::from_secs(10)).await;
         // The log panel follows.
         until(&c, "the followed logs", "return document.getElementById('logs').textContent.includes('/hello')", Duration::from_secs(5)).await;

@@ -158,8 +158,13 @@ impl Gateway {
                 let text = param("q")
                     .filter(|q| !q.is_empty())
                     .map(|q| q.to_lowercase());
+                // Each line starts with its replica: `[NAME#N] `.
+                let replica = param("replica")
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!("[{r}] "));
                 let keep = |line: &str| {
-                    call.as_deref().is_none_or(|c| line.contains(c))
+                    replica.as_deref().is_none_or(|r| line.starts_with(r))
+                        && call.as_deref().is_none_or(|c| line.contains(c))
                         && text
                             .as_deref()
                             .is_none_or(|t| line.to_lowercase().contains(t))

@@ -234,6 +234,7 @@ async function select(name) {
     state.selected = name;
     state.logNext = 0;
     $("logs").textContent = "";
+    $("log-replica").replaceChildren(el("option", { value: "", text: "all" }));
     $("result").hidden = true;
     $("curl-text").hidden = true;
   }
@@ -389,9 +390,9 @@ function consoleRequest() {
   const q = $("inv-query").value.trim().replace(/^\?/, "");
   const url = `/function/${encodeURIComponent(name)}${path}${q ? `?${q}` : ""}`;
   const headers = {};
-  for (const line of $("inv-headers").value.split("\n")) {
-    const i = line.indexOf(":");
-    if (i > 0) headers[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+  for (const row of $("inv-headers").children) {
+    const [k, v] = row.querySelectorAll("input");
+    if (k.value.trim()) headers[k.value.trim()] = v.value;
   }
   const method = $("inv-method").value;
   let body;
@@ -483,6 +484,22 @@ async function send(r) {
   }
 }
 
+let headerRows = 0;
+function addHeaderRow(name, value) {
+  headerRows += 1;
+  const n = headerRows;
+  const k = el("input", { "aria-label": `header ${n} name`, placeholder: "Name", autocomplete: "off" });
+  const v = el("input", { "aria-label": `header ${n} value`, placeholder: "value", autocomplete: "off" });
+  k.value = name || "";
+  v.value = value || "";
+  const remove = el("button", { type: "button", "aria-label": `remove header ${n}`, text: "Remove" });
+  const row = el("div", { class: "actions header-row" }, k, v, remove);
+  remove.addEventListener("click", () => row.remove());
+  $("inv-headers").append(row);
+  return k;
+}
+$("inv-add-header").addEventListener("click", () => addHeaderRow("", "").focus());
+
 $("invoke-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   try { await send(consoleRequest()); } catch (e) { notice(`Not sent: ${e.message}`, true); }
@@ -518,7 +535,8 @@ function fillFromEvent(e) {
   const [p, q] = e.path.split("?");
   $("inv-path").value = p;
   $("inv-query").value = q || "";
-  $("inv-headers").value = Object.entries(e.headers).map(([k, v]) => `${k}: ${v}`).join("\n");
+  $("inv-headers").replaceChildren();
+  for (const [k, v] of Object.entries(e.headers)) addHeaderRow(k, v);
   const isText = typeof e.body === "string";
   $("inv-kind").value = e.body === null || e.body === undefined || isText ? "text" : "json";
   $("inv-body").value = e.body === null || e.body === undefined ? "" : isText ? e.body : JSON.stringify(e.body, null, 2);
@@ -553,12 +571,14 @@ async function pollLogs() {
   if (!name || !state.token) return;
   const q = encodeURIComponent($("log-q").value);
   const call = encodeURIComponent($("log-call").value.trim());
+  const replica = encodeURIComponent($("log-replica").value);
   try {
-    const l = await api("GET", `/system/functions/${encodeURIComponent(name)}/logs?lines=500&after=${state.logNext}&q=${q}&call=${call}`);
+    const l = await api("GET", `/system/functions/${encodeURIComponent(name)}/logs?lines=500&after=${state.logNext}&q=${q}&call=${call}&replica=${replica}`);
     if (name === state.selected) {
       const pre = $("logs");
       const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       if (l.lines.length) pre.append(document.createTextNode(`${l.lines.join("\n")}\n`));
+      noteReplicas(l.lines);
       state.logNext = l.next;
       if (atEnd) pre.scrollTop = pre.scrollHeight;
     }
@@ -570,7 +590,20 @@ async function pollLogs() {
   if ($("log-follow").checked && name === state.selected) state.logTimer = setTimeout(pollLogs, 1000);
 }
 
-for (const id of ["log-q", "log-call"]) {
+// Each line starts with its replica, `[NAME#N]` (or `[NAME-baseline#N]`): the choices.
+function noteReplicas(lines) {
+  const sel = $("log-replica");
+  const known = new Set([...sel.options].map((o) => o.value));
+  for (const line of lines) {
+    const m = line.match(/^\[([^\]\s]+#[0-9]+)\]/);
+    if (m && !known.has(m[1])) {
+      known.add(m[1]);
+      sel.append(el("option", { value: m[1], text: m[1] }));
+    }
+  }
+}
+
+for (const id of ["log-q", "log-call", "log-replica"]) {
   $(id).addEventListener("change", () => { state.logNext = 0; $("logs").textContent = ""; startLogs(); });
 }
 $("log-follow").addEventListener("change", () => { if ($("log-follow").checked) startLogs(); else stopLogs(); });
